@@ -1,0 +1,283 @@
+"""Artifact I/O shared by every stage: staged outputs, manifests, fingerprints, TFRecord files.
+
+A stage writes everything into a staging directory beside its output directory, writes
+`manifest.json` last, and only then moves the staging directory into place. `manifest.json` is the
+commit marker: a directory without one is incomplete, and `read_manifest` refuses it. All paths go
+through Beam's `FileSystems`, so `gs://` and `s3://` behave like local paths.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import struct
+import uuid
+from typing import Any, Iterable, Iterator
+
+import google_crc32c
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from beam_jobs.cli import JobError
+
+__all__ = [
+    "MANIFEST_FILE",
+    "StagedOutput",
+    "file_fingerprint",
+    "input_fingerprint",
+    "list_files",
+    "package_versions",
+    "read_json",
+    "read_manifest",
+    "read_tfrecords",
+    "utc_now",
+    "write_json",
+    "write_tfrecords",
+]
+
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT_VERSION = 1
+_HASH_CHUNK_BYTES = 8 << 20
+_PINNED_PACKAGES = (
+    "apache-beam",
+    "pyarrow",
+    "tensorflow",
+    "tensorflow-data-validation",
+    "tensorflow-metadata",
+    "tensorflow-model-analysis",
+    "tensorflow-transform",
+    "tf-keras",
+    "tfx-bsl",
+)
+
+
+def utc_now() -> str:
+    """The current UTC time in ISO 8601, as manifests record it."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the pinned stack as installed, for the manifest."""
+    versions = {}
+    for name in _PINNED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def list_files(pattern: str) -> list[Any]:
+    """The files matching a glob pattern (Beam `FileMetadata`), sorted by path; empty if none."""
+    try:
+        matches = FileSystems.match([pattern])[0].metadata_list
+    except Exception:  # Beam raises BeamIOError, or IOError for a missing local directory.
+        return []
+    return sorted(matches, key=lambda metadata: metadata.path)
+
+
+def file_fingerprint(path: str) -> dict[str, Any]:
+    """Path, size and sha256 of one file's content."""
+    digest = hashlib.sha256()
+    size = 0
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        while chunk := handle.read(_HASH_CHUNK_BYTES):
+            digest.update(chunk)
+            size += len(chunk)
+    return {"path": path, "size": size, "sha256": digest.hexdigest()}
+
+
+def input_fingerprint(path: str) -> dict[str, Any]:
+    """A content fingerprint of a stage's input: a file's sha256, or a stage directory's manifest's.
+
+    A stage directory's manifest already fingerprints everything that made it, so hashing the
+    manifest identifies the directory's content without reading every data file again.
+    """
+    manifest_path = FileSystems.join(path, MANIFEST_FILE)
+    if FileSystems.exists(manifest_path):
+        fingerprint = file_fingerprint(manifest_path)
+        return {"path": path, "manifest_sha256": fingerprint["sha256"]}
+    return file_fingerprint(path)
+
+
+def read_json(path: str) -> Any:
+    """Reads one JSON file through Beam's FileSystems."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        return json.loads(handle.read().decode("utf-8"))
+
+
+def write_json(path: str, value: Any) -> None:
+    """Writes one JSON file through Beam's FileSystems (sorted keys, so reruns compare equal)."""
+    data = json.dumps(value, indent=2, sort_keys=True, default=str).encode("utf-8") + b"\n"
+    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        handle.write(data)
+
+
+def read_manifest(stage_dir: str, *, flag: str = "input") -> dict[str, Any]:
+    """The manifest of a finished stage directory.
+
+    Raises:
+        JobError: the directory has no manifest, so the stage that writes it never finished.
+    """
+    manifest_path = FileSystems.join(stage_dir, MANIFEST_FILE)
+    if not FileSystems.exists(manifest_path):
+        raise JobError(
+            f"--{flag}={stage_dir} is not a finished stage output (no {MANIFEST_FILE}); "
+            "run the stage that writes it first"
+        )
+    return read_json(manifest_path)
+
+
+def _is_local(path: str) -> bool:
+    return FileSystems.get_scheme(path) is None
+
+
+def _delete_tree(path: str) -> None:
+    if _is_local(path):
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    files = [metadata.path for metadata in list_files(FileSystems.join(path, "**"))]
+    if files:
+        FileSystems.delete(files)
+
+
+class StagedOutput:
+    """A stage's output directory, written in a staging directory and published atomically.
+
+    Use as a context manager: write under `staging_dir`, then call `publish(manifest)`. Leaving
+    the block without publishing (an exception) deletes the staging directory, and the output
+    directory is left as it was.
+    """
+
+    def __init__(self, output_dir: str, stage: str) -> None:
+        self.output_dir = output_dir.rstrip("/")
+        self.stage = stage
+        self.started_at = utc_now()
+        parent, name = os.path.split(self.output_dir) if _is_local(self.output_dir) else (
+            self.output_dir.rsplit("/", 1)
+        )
+        self.staging_dir = FileSystems.join(
+            parent or ".", f".{name}.staging-{uuid.uuid4().hex[:12]}"
+        )
+        self._published = False
+
+    def __enter__(self) -> StagedOutput:
+        if _is_local(self.staging_dir):
+            os.makedirs(self.staging_dir)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if not self._published:
+            _delete_tree(self.staging_dir)
+
+    def path(self, *parts: str) -> str:
+        """A path inside the staging directory."""
+        return FileSystems.join(self.staging_dir, *parts)
+
+    def publish(
+        self,
+        *,
+        inputs: dict[str, Any],
+        parameters: dict[str, Any],
+        counts: dict[str, Any],
+        extra: dict[str, Any] | None = None,
+        complete: bool = True,
+    ) -> dict[str, Any]:
+        """Writes the manifest last and moves the staging directory to the output directory.
+
+        With `complete=False` the outputs are moved into place without a manifest, for a stage
+        that failed but left something to inspect (rejected rows); later stages refuse them.
+
+        Returns:
+            The manifest as written (empty when `complete` is false).
+        """
+        manifest: dict[str, Any] = {}
+        if complete:
+            manifest = {
+                "stage": self.stage,
+                "format_version": MANIFEST_FORMAT_VERSION,
+                "inputs": inputs,
+                "parameters": parameters,
+                "counts": counts,
+                "package_versions": package_versions(),
+                "started_at": self.started_at,
+                "finished_at": utc_now(),
+                **(extra or {}),
+            }
+            write_json(self.path(MANIFEST_FILE), manifest)
+        self._move_into_place()
+        self._published = True
+        return manifest
+
+    def _move_into_place(self) -> None:
+        old_manifest = FileSystems.join(self.output_dir, MANIFEST_FILE)
+        if FileSystems.exists(old_manifest):
+            # First un-commit the old output, so no crash below can leave a manifest over mixed files.
+            FileSystems.delete([old_manifest])
+        if _is_local(self.output_dir):
+            replaced = None
+            if os.path.exists(self.output_dir):
+                replaced = f"{self.staging_dir}.replaced"
+                os.rename(self.output_dir, replaced)
+            os.makedirs(os.path.dirname(os.path.abspath(self.output_dir)), exist_ok=True)
+            os.rename(self.staging_dir, self.output_dir)
+            if replaced:
+                shutil.rmtree(replaced, ignore_errors=True)
+            return
+        # Object stores have no directory rename: copy file by file, the manifest last.
+        _delete_tree(self.output_dir)
+        sources = [metadata.path for metadata in list_files(FileSystems.join(self.staging_dir, "**"))]
+        sources.sort(key=lambda path: path.endswith("/" + MANIFEST_FILE))
+        destinations = [self.output_dir + source[len(self.staging_dir):] for source in sources]
+        for source, destination in zip(sources, destinations):
+            FileSystems.rename([source], [destination])
+
+
+def _masked_crc32c(data: bytes) -> int:
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def write_tfrecords(path: str, records: Iterable[bytes]) -> int:
+    """Writes records to one TFRecord file (GZIP when the path ends in `.gz`).
+
+    Returns:
+        The number of records written.
+    """
+    count = 0
+    with FileSystems.create(path, compression_type=CompressionTypes.AUTO) as handle:
+        for record in records:
+            length = struct.pack("<Q", len(record))
+            handle.write(length)
+            handle.write(struct.pack("<I", _masked_crc32c(length)))
+            handle.write(record)
+            handle.write(struct.pack("<I", _masked_crc32c(record)))
+            count += 1
+    return count
+
+
+def read_tfrecords(path: str) -> Iterator[bytes]:
+    """Reads the records of one TFRecord file (GZIP when the path ends in `.gz`), checking CRCs.
+
+    Raises:
+        ValueError: the file is truncated or a checksum does not match.
+    """
+    with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as handle:
+        while header := handle.read(12):
+            if len(header) < 12:
+                raise ValueError(f"{path}: truncated TFRecord header")
+            (length,) = struct.unpack("<Q", header[:8])
+            if struct.unpack("<I", header[8:])[0] != _masked_crc32c(header[:8]):
+                raise ValueError(f"{path}: corrupt TFRecord length checksum")
+            body = handle.read(length + 4)
+            if len(body) < length + 4:
+                raise ValueError(f"{path}: truncated TFRecord")
+            record = body[:length]
+            if struct.unpack("<I", body[length:])[0] != _masked_crc32c(record):
+                raise ValueError(f"{path}: corrupt TFRecord data checksum")
+            yield record
+

@@ -1,0 +1,110 @@
+"""Command-line plumbing shared by every job: flag forwarding to Beam, errors and exit codes.
+
+Every job is a click command whose own flags are snake_case; every flag it does not define is
+collected unchanged and handed to Beam's `PipelineOptions`, so `--runner=FlinkRunner
+--flink_master=host:8081` or `--runner=DataflowRunner --project=p ...` work without the job knowing
+about them. Write Beam flags as `--flag=value`: click cannot know whether an unknown flag takes a value.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from typing import Any, Callable, Sequence
+
+import click
+from apache_beam.options.pipeline_options import PipelineOptions
+
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_NOT_BLESSED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "EXIT_VALIDATION_ANOMALIES",
+    "JobError",
+    "NotBlessedError",
+    "ValidationAnomaliesError",
+    "beam_job_command",
+    "pipeline_options",
+    "split_list",
+]
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_VALIDATION_ANOMALIES = 3
+EXIT_NOT_BLESSED = 4
+
+
+class JobError(Exception):
+    """An expected failure: reported as one line on stderr, without a traceback."""
+
+    exit_code = EXIT_ERROR
+
+
+class ValidationAnomaliesError(JobError):
+    """Validation found anomalies; a chain of jobs stops here."""
+
+    exit_code = EXIT_VALIDATION_ANOMALIES
+
+
+class NotBlessedError(JobError):
+    """The candidate model did not pass its evaluation thresholds."""
+
+    exit_code = EXIT_NOT_BLESSED
+
+
+def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
+    """Builds Beam's options from the flags a job did not define itself.
+
+    Raises:
+        click.UsageError: a forwarded argument is not a flag (a stray positional argument).
+    """
+    stray = [arg for arg in beam_args if not arg.startswith("-")]
+    if stray:
+        raise click.UsageError(
+            f"unexpected argument {stray[0]!r}: Beam options are written as --flag=value"
+        )
+    return PipelineOptions(list(beam_args))
+
+
+def split_list(value: str | None) -> list[str]:
+    """Splits a comma-separated flag value into its non-empty, stripped items."""
+    if not value:
+        return []
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def beam_job_command(help_text: str) -> Callable[[Callable[..., Any]], click.Command]:
+    """Decorator making a click command of a job's `main`.
+
+    The command accepts unknown flags (passed to `main` as `beam_args`, a tuple of strings, for
+    `pipeline_options`), shows defaults in `--help`, configures logging, and turns a `JobError`
+    into one line on stderr with the error's exit code.
+    """
+
+    def decorate(main: Callable[..., Any]) -> click.Command:
+        @functools.wraps(main)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            logging.basicConfig(
+                level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+            )
+            logging.getLogger("apache_beam").setLevel(logging.WARNING)
+            try:
+                return main(*args, **kwargs)
+            except JobError as error:
+                click.echo(f"error: {error}", err=True)
+                sys.exit(error.exit_code)
+
+        guarded = click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)(guarded)
+        return click.command(
+            help=help_text,
+            context_settings={
+                "ignore_unknown_options": True,
+                "show_default": True,
+                "max_content_width": 100,
+            },
+        )(guarded)
+
+    return decorate

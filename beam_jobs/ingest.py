@@ -1,0 +1,575 @@
+"""Ingest: raw files (CSV, JSON lines, Parquet, Avro, TFRecord) to split, GZIP'd `tf.Example`s.
+
+    python -m beam_jobs.ingest --input=data/complaints.csv --output_dir=out/ingest \
+        [--splits=train:2,eval:1] [--partition_feature=col] [--schema=schema.pbtxt]
+
+Column types are inferred over the whole input (as TFX's CsvExampleGen does) unless `--schema`
+declares them: one pass over the files infers the types, a second converts the rows, so memory does
+not grow with the input. Splits are buckets of a fingerprint of the serialized example (or of the
+partition feature), so every runner makes the same split. Rows that cannot be parsed or typed go to
+`rejected/` with file, line and reason; rows read = rows written + rows rejected, always.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+from typing import Any, Callable, Iterable, Iterator
+
+import apache_beam as beam
+import click
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_jobs import artifacts, cli, records
+from beam_jobs.records import ColumnType, RawRow
+
+__all__ = [
+    "IngestConfig",
+    "IngestPlan",
+    "InputFile",
+    "Split",
+    "assign_split",
+    "fingerprint",
+    "build_pipeline",
+    "main",
+    "parse_input",
+    "parse_splits",
+    "plan_ingest",
+    "run",
+]
+
+STAGE = "ingest"
+DEFAULT_SPLITS = "train:2,eval:1"
+REJECTED_DIR = "rejected"
+EXAMPLES_FILE_PREFIX = "data"
+EXAMPLES_FILE_SUFFIX = ".tfrecord.gz"
+ROWS_READ = "rows_read"
+ROWS_REJECTED = "rows_rejected"
+_COUNTS_FILE = ".counts.json"
+_SHARD_INPUT_BYTES = 256 << 20
+_SPLIT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SPAN, _VERSION = "{SPAN}", "{VERSION}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """A named split and its weight among the hash buckets."""
+
+    name: str
+    weight: int
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestConfig:
+    """The ingest job's parameters, as given on the command line."""
+
+    input: str
+    output_dir: str
+    input_format: str | None = None
+    splits: str | None = None
+    partition_feature: str | None = None
+    schema: str | None = None
+    max_rejected_fraction: float = 0.0
+    span: int | None = None
+    version: int | None = None
+    num_shards: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class InputFile:
+    """One input file; `split` is set when the input came already split."""
+
+    index: int
+    path: str
+    split: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestPlan:
+    """Everything resolved before the pipeline runs: files, format, splits, types, shards."""
+
+    files: tuple[InputFile, ...]
+    input_format: str
+    splits: tuple[Split, ...]
+    schema_types: dict[str, ColumnType]
+    partition_feature: str | None
+    num_shards: int
+    span: int | None = None
+    version: int | None = None
+
+
+def parse_splits(text: str) -> tuple[Split, ...]:
+    """Parses `train:2,eval:1` into splits with positive integer weights.
+
+    Raises:
+        click.BadParameter: a malformed, repeated or reserved split name, or a bad weight.
+    """
+    splits = []
+    for item in cli.split_list(text):
+        name, _, weight = item.partition(":")
+        if not _SPLIT_NAME.fullmatch(name) or name == REJECTED_DIR:
+            raise click.BadParameter(f"{name!r} is not a usable split name", param_hint="--splits")
+        if not weight.isdigit() or int(weight) <= 0:
+            raise click.BadParameter(
+                f"split {name!r} needs a positive integer weight, as in {DEFAULT_SPLITS}",
+                param_hint="--splits",
+            )
+        splits.append(Split(name, int(weight)))
+    names = [split.name for split in splits]
+    if not splits or len(set(names)) != len(names):
+        raise click.BadParameter(f"need distinct split names, got {text!r}", param_hint="--splits")
+    return tuple(splits)
+
+
+def parse_input(text: str) -> dict[str | None, str]:
+    """Parses `--input`: one pattern (key None), or `train=<pattern>,eval=<pattern>` if pre-split."""
+    items = cli.split_list(text)
+    named = [item.partition("=") for item in items]
+    if items and all(sep and _SPLIT_NAME.fullmatch(name) for name, sep, _ in named):
+        return {name: pattern for name, _, pattern in named}
+    return {None: text}
+
+
+def _absolute(pattern: str) -> str:
+    return pattern if FileSystems.get_scheme(pattern) else os.path.abspath(pattern)
+
+
+def _resolve_span(
+    pattern: str, span: int | None, version: int | None
+) -> tuple[list[str], int | None, int | None]:
+    """The files of the chosen (default: newest) span and version of a `{SPAN}` pattern."""
+    if _SPAN not in pattern:
+        if span is not None or version is not None or _VERSION in pattern:
+            raise cli.JobError("--span and --version need {SPAN} (and {VERSION}) in --input")
+        return [metadata.path for metadata in artifacts.list_files(pattern)], None, None
+    regex = re.compile(
+        re.escape(pattern)
+        .replace(re.escape(_SPAN), r"(?P<span>\d+)")
+        .replace(re.escape(_VERSION), r"(?P<version>\d+)")
+        .replace(r"\*", r"[^/]*")
+    )
+    glob = pattern.replace(_SPAN, "*").replace(_VERSION, "*")
+    found = []
+    for metadata in artifacts.list_files(glob):
+        match = regex.fullmatch(metadata.path)
+        if match:
+            found_version = int(match["version"]) if _VERSION in pattern else None
+            found.append((int(match["span"]), found_version, metadata.path))
+    spans = {item[0] for item in found}
+    chosen_span = span if span is not None else max(spans, default=None)
+    versions = {item[1] for item in found if item[0] == chosen_span}
+    chosen_version = version if version is not None else max(versions - {None}, default=None)
+    paths = [p for s, v, p in found if s == chosen_span and v == chosen_version]
+    if found and not paths:
+        raise cli.JobError(f"no files of span {chosen_span} version {chosen_version} match {pattern}")
+    return paths, chosen_span, chosen_version
+
+
+def _check_csv_headers(paths: list[str], partition_feature: str | None) -> None:
+    first = records.read_csv_header(paths[0])
+    for path in paths[1:]:
+        if set(records.read_csv_header(path)) != set(first):
+            raise cli.JobError(f"{path} has other columns than {paths[0]}; ingest them separately")
+    if partition_feature and partition_feature not in first:
+        raise cli.JobError(
+            f"--partition_feature={partition_feature} is not a column of {paths[0]} "
+            f"(columns: {', '.join(first)})"
+        )
+
+
+def _auto_shards(paths: list[str]) -> int:
+    total_bytes = sum(metadata.size_in_bytes for path in paths for metadata in artifacts.list_files(path))
+    return max(1, -(-total_bytes // _SHARD_INPUT_BYTES))
+
+
+def plan_ingest(config: IngestConfig) -> IngestPlan:
+    """Resolves files, format, splits and column types, failing early with one clear line.
+
+    Raises:
+        cli.JobError: no input file, an unknown format, mismatched headers, a bad schema.
+        click.BadParameter: malformed `--splits`.
+    """
+    patterns = parse_input(config.input)
+    files: list[InputFile] = []
+    spans: set[tuple[int | None, int | None]] = set()
+    for split, pattern in patterns.items():
+        paths, span, version = _resolve_span(_absolute(pattern), config.span, config.version)
+        if not paths:
+            raise cli.JobError(f"--input: no file matches {pattern}")
+        spans.add((span, version))
+        files.extend(InputFile(len(files) + i, path, split) for i, path in enumerate(paths))
+    if len(spans) > 1:
+        raise cli.JobError(f"--input: the splits resolve to different spans/versions {sorted(spans)}")
+    paths = [item.path for item in files]
+    input_format = config.input_format or records.detect_format(paths)
+    if input_format == records.CSV:
+        _check_csv_headers(paths, config.partition_feature)
+    presplit = None not in patterns
+    if presplit and (config.splits or config.partition_feature):
+        raise click.UsageError("--splits and --partition_feature do not apply to pre-split --input")
+    splits = (
+        tuple(Split(name, 1) for name in patterns)
+        if presplit
+        else parse_splits(config.splits or DEFAULT_SPLITS)
+    )
+    schema_types = records.column_types_from_schema(config.schema) if config.schema else {}
+    span, version = spans.pop()
+    return IngestPlan(
+        files=tuple(files),
+        input_format=input_format,
+        splits=splits,
+        schema_types=schema_types,
+        partition_feature=config.partition_feature,
+        num_shards=config.num_shards or _auto_shards(paths),
+        span=span,
+        version=version,
+    )
+
+
+def fingerprint(key: bytes) -> int:
+    """A stable 64-bit fingerprint: the same on every machine, runner and Python process."""
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
+
+
+def assign_split(key: bytes, splits: tuple[Split, ...]) -> str:
+    """The split of a record: a fingerprint of its key, bucketed by the split weights."""
+    bucket = fingerprint(key) % sum(split.weight for split in splits)
+    for split in splits:
+        if bucket < split.weight:
+            return split.name
+        bucket -= split.weight
+    raise AssertionError("unreachable: buckets cover every fingerprint")
+
+
+class _MergeColumnTypes(beam.CombineFn):
+    """Widest type per column over all values (INT < FLOAT < BYTES)."""
+
+    def create_accumulator(self) -> dict[str, ColumnType]:
+        return {}
+
+    def add_input(self, accumulator: dict[str, ColumnType], row: RawRow) -> dict[str, ColumnType]:
+        for column, value in (row.values or {}).items():
+            kind = records.value_type(value)
+            if kind is not None and kind > accumulator.get(column, 0):
+                accumulator[column] = kind
+        return accumulator
+
+    def merge_accumulators(self, accumulators: Iterable[dict[str, ColumnType]]) -> dict[str, ColumnType]:
+        merged: dict[str, ColumnType] = {}
+        for accumulator in accumulators:
+            for column, kind in accumulator.items():
+                merged[column] = max(kind, merged.get(column, kind))
+        return merged
+
+    def extract_output(self, accumulator: dict[str, ColumnType]) -> dict[str, ColumnType]:
+        return accumulator
+
+
+class ReadRawRows(beam.PTransform):
+    """Input files → `RawRow`s, one file per element (CSV rows may span lines, so files are not split)."""
+
+    def __init__(self, files: tuple[InputFile, ...], input_format: str) -> None:
+        super().__init__()
+        self._files = files
+        self._format = input_format
+
+    def expand(self, pipeline: beam.pvalue.PBegin) -> beam.PCollection:
+        return (
+            pipeline
+            | "ListFiles" >> beam.Create([item.path for item in self._files])
+            | "ReadFiles" >> beam.FlatMap(records.read_rows, self._format)
+        )
+
+
+class _ConvertRow(beam.DoFn):
+    """`RawRow` → ((split, shard), (sort key, serialized tf.Example)), or a rejected row."""
+
+    REJECTED = "rejected"
+
+    def __init__(self, plan: IngestPlan) -> None:
+        self._plan = plan
+        self._file_index = {item.path: item for item in plan.files}
+        self._read = beam.metrics.Metrics.counter(STAGE, ROWS_READ)
+        self._rejected = beam.metrics.Metrics.counter(STAGE, ROWS_REJECTED)
+
+    def process(self, row: RawRow, inferred: dict[str, ColumnType]) -> Iterator[Any]:
+        self._read.inc()
+        input_file = self._file_index[row.file]
+        sort_key = (input_file.index, row.line)
+        error = row.error
+        if error is None:
+            try:
+                example = records.encode_example(row.values, {**inferred, **self._plan.schema_types})
+            except ValueError as conversion_error:
+                error = str(conversion_error)
+        if error is not None:
+            self._rejected.inc()
+            rejected = {"file": row.file, "line": row.line, "reason": error, "row": row.raw}
+            yield beam.pvalue.TaggedOutput(
+                self.REJECTED, ((REJECTED_DIR, 0), (sort_key, json.dumps(rejected, default=repr)))
+            )
+            return
+        serialized = example.SerializeToString(deterministic=True)
+        split = input_file.split or assign_split(self._split_key(example, serialized), self._plan.splits)
+        shard = fingerprint(serialized) % self._plan.num_shards
+        yield (split, shard), (sort_key, serialized)
+
+    def _split_key(self, example: Any, serialized: bytes) -> bytes:
+        if not self._plan.partition_feature:
+            return serialized
+        feature = example.features.feature.get(self._plan.partition_feature)
+        values = records._feature_values(feature) if feature is not None else []
+        return b"\x00".join(str(value).encode("utf-8") for value in values)
+
+
+def shard_path(directory: str, name: str, shard: int, num_shards: int, suffix: str) -> str:
+    """`<directory>/<name>-00000-of-00001<suffix>`, Beam's shard naming."""
+    return FileSystems.join(directory, f"{name}-{shard:05d}-of-{num_shards:05d}{suffix}")
+
+
+def _write_tfrecord_shard(path: str, payloads: Iterable[bytes]) -> int:
+    return artifacts.write_tfrecords(path, payloads)
+
+
+def _write_jsonl_shard(path: str, payloads: Iterable[str]) -> int:
+    count = 0
+    with FileSystems.create(path) as handle:
+        for line in payloads:
+            handle.write(line.encode("utf-8") + b"\n")
+            count += 1
+    return count
+
+
+class WriteSortedShards(beam.PTransform):
+    """((group, shard), (sort key, payload)) → one file per shard, sorted, so reruns are byte-identical.
+
+    Outputs (group, rows written) per shard.
+    """
+
+    def __init__(
+        self,
+        directory: str,
+        num_shards: Callable[[str], int],
+        file_name: tuple[str, str],
+        write_file: Callable[[str, Iterable[Any]], int],
+    ) -> None:
+        super().__init__()
+        self._directory = directory
+        self._num_shards = num_shards
+        self._prefix, self._suffix = file_name
+        self._write_file = write_file
+
+    def _write(self, keyed: tuple[tuple[str, int], Iterable[tuple[Any, Any]]]) -> tuple[str, int]:
+        (group, shard), items = keyed
+        path = shard_path(
+            FileSystems.join(self._directory, group),
+            self._prefix,
+            shard,
+            self._num_shards(group),
+            self._suffix,
+        )
+        ordered = sorted(items, key=lambda item: item[0])
+        return group, self._write_file(path, (payload for _, payload in ordered))
+
+    def expand(self, keyed_payloads: beam.PCollection) -> beam.PCollection:
+        return (
+            keyed_payloads
+            | "GroupByShard" >> beam.GroupByKey()
+            | "WriteShard" >> beam.Map(self._write)
+        )
+
+
+def build_pipeline(pipeline: beam.Pipeline, plan: IngestPlan, staging_dir: str) -> None:
+    """Adds the ingest graph to `pipeline`, writing examples, rejects and counts under `staging_dir`."""
+    read_for_types = pipeline | "ReadForTypes" >> ReadRawRows(plan.files, plan.input_format)
+    inferred = read_for_types | "InferColumnTypes" >> beam.CombineGlobally(_MergeColumnTypes())
+    rows = pipeline | "ReadForExamples" >> ReadRawRows(plan.files, plan.input_format)
+    converted = rows | "ConvertRows" >> beam.ParDo(
+        _ConvertRow(plan), beam.pvalue.AsSingleton(inferred)
+    ).with_outputs(_ConvertRow.REJECTED, main="examples")
+    num_shards = plan.num_shards
+    written = converted.examples | "WriteExamples" >> WriteSortedShards(
+        staging_dir,
+        lambda _: num_shards,
+        (EXAMPLES_FILE_PREFIX, EXAMPLES_FILE_SUFFIX),
+        _write_tfrecord_shard,
+    )
+    rejected = converted[_ConvertRow.REJECTED] | "WriteRejected" >> WriteSortedShards(
+        staging_dir, lambda _: 1, (REJECTED_DIR, ".jsonl"), _write_jsonl_shard
+    )
+    read_count = (
+        rows
+        | "CountRowsRead" >> beam.combiners.Count.Globally()
+        | "KeyRowsRead" >> beam.Map(lambda count: (ROWS_READ, count))
+    )
+    counts_path = FileSystems.join(staging_dir, _COUNTS_FILE)
+    _ = (
+        (read_count, written, rejected)
+        | "FlattenCounts" >> beam.Flatten()
+        | "SumCounts" >> beam.CombinePerKey(sum)
+        | "CountsToDict" >> beam.combiners.ToDict()
+        | "WriteCounts" >> beam.Map(lambda counts: artifacts.write_json(counts_path, counts))
+    )
+
+
+def _complete_shards(staging_dir: str, plan: IngestPlan) -> None:
+    """Writes empty shard files where no row fell, so every split has all its named shards."""
+    for split in plan.splits:
+        for shard in range(plan.num_shards):
+            path = shard_path(
+                FileSystems.join(staging_dir, split.name),
+                EXAMPLES_FILE_PREFIX,
+                shard,
+                plan.num_shards,
+                EXAMPLES_FILE_SUFFIX,
+            )
+            if not FileSystems.exists(path):
+                artifacts.write_tfrecords(path, [])
+    rejected_path = shard_path(FileSystems.join(staging_dir, REJECTED_DIR), REJECTED_DIR, 0, 1, ".jsonl")
+    if not FileSystems.exists(rejected_path):
+        _write_jsonl_shard(rejected_path, [])
+
+
+def _check_counts(counts: dict[str, int], output_dir: str) -> None:
+    written = sum(count for key, count in counts.items() if key not in (ROWS_READ, REJECTED_DIR))
+    rejected = counts.get(REJECTED_DIR, 0)
+    if counts.get(ROWS_READ, 0) != written + rejected:
+        raise cli.JobError(
+            f"counts do not add up: {counts.get(ROWS_READ, 0)} rows read, {written} written, "
+            f"{rejected} rejected; nothing was published to {output_dir}"
+        )
+
+
+def run(config: IngestConfig, options: PipelineOptions) -> dict[str, Any]:
+    """Runs the ingest job and publishes its output directory.
+
+    Returns:
+        The manifest written to `<output_dir>/manifest.json`.
+
+    Raises:
+        cli.JobError: bad input, no rows, or more rejected rows than `max_rejected_fraction` allows
+            (then the output is moved into place without a manifest, for inspection).
+    """
+    plan = plan_ingest(config)
+    logging.info("ingest: %d %s file(s), splits %s", len(plan.files), plan.input_format, plan.splits)
+    with artifacts.StagedOutput(config.output_dir, STAGE) as staged:
+        with beam.Pipeline(options=options) as pipeline:
+            build_pipeline(pipeline, plan, staged.staging_dir)
+        counts_path = staged.path(_COUNTS_FILE)
+        counts = artifacts.read_json(counts_path)
+        FileSystems.delete([counts_path])
+        _check_counts(counts, config.output_dir)
+        _complete_shards(staged.staging_dir, plan)
+        rows_read, rejected = counts.get(ROWS_READ, 0), counts.get(REJECTED_DIR, 0)
+        if rows_read == 0:
+            raise cli.JobError(f"--input={config.input} holds no rows")
+        manifest_counts = {
+            ROWS_READ: rows_read,
+            ROWS_REJECTED: rejected,
+            "rows_written": {split.name: counts.get(split.name, 0) for split in plan.splits},
+        }
+        rejected_path = FileSystems.join(config.output_dir, REJECTED_DIR)
+        if rejected > config.max_rejected_fraction * rows_read:
+            staged.publish(inputs={}, parameters={}, counts={}, complete=False)
+            raise cli.JobError(
+                f"{rejected} of {rows_read} rows rejected ({rejected / rows_read:.2%}), more than "
+                f"--max_rejected_fraction={config.max_rejected_fraction}; reasons in {rejected_path}/"
+            )
+        manifest = staged.publish(
+            inputs={"raw": [artifacts.file_fingerprint(item.path) for item in plan.files]},
+            parameters={
+                **dataclasses.asdict(config),
+                "input_format": plan.input_format,
+                "splits": {split.name: split.weight for split in plan.splits},
+                "num_shards": plan.num_shards,
+            },
+            counts=manifest_counts,
+            extra={
+                "span": plan.span,
+                "version": plan.version,
+                "splits": [split.name for split in plan.splits],
+                "presplit": plan.files[0].split is not None,
+            },
+        )
+    logging.info(
+        "ingest: %d rows read, %s written, %d rejected -> %s",
+        rows_read,
+        manifest_counts["rows_written"],
+        rejected,
+        config.output_dir,
+    )
+    return manifest
+
+
+@cli.beam_job_command(__doc__.split("\n\n")[0])
+@click.option(
+    "--input",
+    "input_pattern",
+    required=True,
+    help="File pattern, or train=<pattern>,eval=<pattern> for data already split. "
+    "{SPAN} and {VERSION} in a pattern select the newest span and version.",
+)
+@click.option("--output_dir", required=True, help="Directory to write splits, rejected/ and manifest.json.")
+@click.option(
+    "--format",
+    "input_format",
+    type=click.Choice(records.FORMATS),
+    default=None,
+    help="Input format [default: from the file extension].",
+)
+@click.option(
+    "--splits",
+    default=None,
+    help=f"Split names and hash-bucket weights [default: {DEFAULT_SPLITS}].",
+)
+@click.option("--partition_feature", default=None, help="Split by this column's value, not the whole record.")
+@click.option("--schema", default=None, help="TFDV schema.pbtxt giving column types instead of inference.")
+@click.option(
+    "--max_rejected_fraction",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.0,
+    help="Fail (exit 1) when more than this fraction of rows is rejected.",
+)
+@click.option("--span", type=click.IntRange(min=0), default=None, help="Span to ingest [default: newest].")
+@click.option("--version", type=click.IntRange(min=0), default=None, help="Version [default: newest].")
+@click.option(
+    "--num_shards",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Files per split; 0 picks one per 256 MB of input.",
+)
+def main(
+    input_pattern: str,
+    output_dir: str,
+    input_format: str | None,
+    splits: str | None,
+    partition_feature: str | None,
+    schema: str | None,
+    max_rejected_fraction: float,
+    span: int | None,
+    version: int | None,
+    num_shards: int,
+    beam_args: tuple[str, ...],
+) -> None:
+    config = IngestConfig(
+        input=input_pattern,
+        output_dir=output_dir,
+        input_format=input_format,
+        splits=splits,
+        partition_feature=partition_feature,
+        schema=schema,
+        max_rejected_fraction=max_rejected_fraction,
+        span=span,
+        version=version,
+        num_shards=num_shards,
+    )
+    run(config, cli.pipeline_options(beam_args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Batch ML pipelines on Apache Beam: ingest, validate, transform, train, evaluate, push."""
+
+import setuptools
+
+# The TFX library family is pinned to the 1.16 line: TFDV ships Linux wheels for Python 3.11
+# only up to 1.16.1, and every other library must match it (see README "Pinned stack").
+REQUIRED_PACKAGES = [
+    "apache-beam[gcp,aws]==2.60.0",
+    "click>=8.1,<9",
+    "numpy>=1.22,<2",
+    "pyarrow==10.0.1",
+    "tensorflow==2.16.2",
+    "tensorflow-data-validation==1.16.1",
+    "tensorflow-hub>=0.16,<0.17",
+    "tensorflow-metadata==1.16.1",
+    "tensorflow-model-analysis==0.47.1",
+    "tensorflow-transform==1.16.0",
+    "tf-keras==2.16.0",
+    "tfx-bsl==1.16.1",
+]
+
+DEV_PACKAGES = [
+    "pytest>=8",
+    "ruff>=0.6",
+]
+
+setuptools.setup(
+    name="beam-ml-pipelines",
+    version="0.1.0",
+    description=__doc__,
+    python_requires=">=3.11,<3.12",
+    packages=setuptools.find_packages(include=["beam_jobs", "beam_jobs.*", "model", "model.*"]),
+    package_data={"model": ["*.pbtxt"]},
+    install_requires=REQUIRED_PACKAGES,
+    extras_require={"dev": DEV_PACKAGES},
+)
