@@ -1,4 +1,4 @@
-"""Standalone Apache Beam jobs of the pipeline: one module per stage, run as `python -m beam_jobs.<job>`."""
+"""Standalone Beam jobs of the pipeline, one module per stage: `python -m beam_jobs.<job>`."""
 
 import os
 import warnings

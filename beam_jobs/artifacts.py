@@ -16,7 +16,8 @@ import os
 import shutil
 import struct
 import uuid
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import google_crc32c
 from apache_beam.io.filesystem import CompressionTypes
@@ -57,7 +58,7 @@ _PINNED_PACKAGES = (
 
 def utc_now() -> str:
     """The current UTC time in ISO 8601, as manifests record it."""
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def package_versions() -> dict[str, str]:
@@ -157,8 +158,10 @@ class StagedOutput:
         self.output_dir = output_dir.rstrip("/")
         self.stage = stage
         self.started_at = utc_now()
-        parent, name = os.path.split(self.output_dir) if _is_local(self.output_dir) else (
-            self.output_dir.rsplit("/", 1)
+        parent, name = (
+            os.path.split(self.output_dir)
+            if _is_local(self.output_dir)
+            else (self.output_dir.rsplit("/", 1))
         )
         self.staging_dir = FileSystems.join(
             parent or ".", f".{name}.staging-{uuid.uuid4().hex[:12]}"
@@ -216,7 +219,7 @@ class StagedOutput:
     def _move_into_place(self) -> None:
         old_manifest = FileSystems.join(self.output_dir, MANIFEST_FILE)
         if FileSystems.exists(old_manifest):
-            # First un-commit the old output, so no crash below can leave a manifest over mixed files.
+            # Un-commit the old output first: no crash below may leave a manifest over mixed files.
             FileSystems.delete([old_manifest])
         if _is_local(self.output_dir):
             replaced = None
@@ -230,10 +233,12 @@ class StagedOutput:
             return
         # Object stores have no directory rename: copy file by file, the manifest last.
         _delete_tree(self.output_dir)
-        sources = [metadata.path for metadata in list_files(FileSystems.join(self.staging_dir, "**"))]
+        sources = [
+            metadata.path for metadata in list_files(FileSystems.join(self.staging_dir, "**"))
+        ]
         sources.sort(key=lambda path: path.endswith("/" + MANIFEST_FILE))
-        destinations = [self.output_dir + source[len(self.staging_dir):] for source in sources]
-        for source, destination in zip(sources, destinations):
+        destinations = [self.output_dir + source[len(self.staging_dir) :] for source in sources]
+        for source, destination in zip(sources, destinations, strict=True):
             FileSystems.rename([source], [destination])
 
 
@@ -280,4 +285,3 @@ def read_tfrecords(path: str) -> Iterator[bytes]:
             if struct.unpack("<I", body[length:])[0] != _masked_crc32c(record):
                 raise ValueError(f"{path}: corrupt TFRecord data checksum")
             yield record
-

@@ -3,7 +3,8 @@
 Every job is a click command whose own flags are snake_case; every flag it does not define is
 collected unchanged and handed to Beam's `PipelineOptions`, so `--runner=FlinkRunner
 --flink_master=host:8081` or `--runner=DataflowRunner --project=p ...` work without the job knowing
-about them. Write Beam flags as `--flag=value`: click cannot know whether an unknown flag takes a value.
+about them. Write Beam flags as `--flag=value`: click cannot know whether an unknown flag takes
+a value.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import click
 from apache_beam.options.pipeline_options import PipelineOptions

@@ -18,7 +18,8 @@ import json
 import logging
 import os
 import re
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import apache_beam as beam
 import click
@@ -34,8 +35,8 @@ __all__ = [
     "InputFile",
     "Split",
     "assign_split",
-    "fingerprint",
     "build_pipeline",
+    "fingerprint",
     "main",
     "parse_input",
     "parse_splits",
@@ -127,7 +128,7 @@ def parse_splits(text: str) -> tuple[Split, ...]:
 
 
 def parse_input(text: str) -> dict[str | None, str]:
-    """Parses `--input`: one pattern (key None), or `train=<pattern>,eval=<pattern>` if pre-split."""
+    """Parses `--input`: a pattern (key None), or `train=<pattern>,eval=<pattern>` if pre-split."""
     items = cli.split_list(text)
     named = [item.partition("=") for item in items]
     if items and all(sep and _SPLIT_NAME.fullmatch(name) for name, sep, _ in named):
@@ -166,7 +167,9 @@ def _resolve_span(
     chosen_version = version if version is not None else max(versions - {None}, default=None)
     paths = [p for s, v, p in found if s == chosen_span and v == chosen_version]
     if found and not paths:
-        raise cli.JobError(f"no files of span {chosen_span} version {chosen_version} match {pattern}")
+        raise cli.JobError(
+            f"no files of span {chosen_span} version {chosen_version} match {pattern}"
+        )
     return paths, chosen_span, chosen_version
 
 
@@ -183,7 +186,9 @@ def _check_csv_headers(paths: list[str], partition_feature: str | None) -> None:
 
 
 def _auto_shards(paths: list[str]) -> int:
-    total_bytes = sum(metadata.size_in_bytes for path in paths for metadata in artifacts.list_files(path))
+    total_bytes = sum(
+        metadata.size_in_bytes for path in paths for metadata in artifacts.list_files(path)
+    )
     return max(1, -(-total_bytes // _SHARD_INPUT_BYTES))
 
 
@@ -204,7 +209,9 @@ def plan_ingest(config: IngestConfig) -> IngestPlan:
         spans.add((span, version))
         files.extend(InputFile(len(files) + i, path, split) for i, path in enumerate(paths))
     if len(spans) > 1:
-        raise cli.JobError(f"--input: the splits resolve to different spans/versions {sorted(spans)}")
+        raise cli.JobError(
+            f"--input: the splits resolve to different spans/versions {sorted(spans)}"
+        )
     paths = [item.path for item in files]
     input_format = config.input_format or records.detect_format(paths)
     if input_format == records.CSV:
@@ -259,7 +266,9 @@ class _MergeColumnTypes(beam.CombineFn):
                 accumulator[column] = kind
         return accumulator
 
-    def merge_accumulators(self, accumulators: Iterable[dict[str, ColumnType]]) -> dict[str, ColumnType]:
+    def merge_accumulators(
+        self, accumulators: Iterable[dict[str, ColumnType]]
+    ) -> dict[str, ColumnType]:
         merged: dict[str, ColumnType] = {}
         for accumulator in accumulators:
             for column, kind in accumulator.items():
@@ -271,7 +280,7 @@ class _MergeColumnTypes(beam.CombineFn):
 
 
 class ReadRawRows(beam.PTransform):
-    """Input files → `RawRow`s, one file per element (CSV rows may span lines, so files are not split)."""
+    """Input files → `RawRow`s, one file per element (quoted CSV fields span lines)."""
 
     def __init__(self, files: tuple[InputFile, ...], input_format: str) -> None:
         super().__init__()
@@ -304,7 +313,9 @@ class _ConvertRow(beam.DoFn):
         error = row.error
         if error is None:
             try:
-                example = records.encode_example(row.values, {**inferred, **self._plan.schema_types})
+                example = records.encode_example(
+                    row.values, {**inferred, **self._plan.schema_types}
+                )
             except ValueError as conversion_error:
                 error = str(conversion_error)
         if error is not None:
@@ -315,7 +326,9 @@ class _ConvertRow(beam.DoFn):
             )
             return
         serialized = example.SerializeToString(deterministic=True)
-        split = input_file.split or assign_split(self._split_key(example, serialized), self._plan.splits)
+        split = input_file.split or assign_split(
+            self._split_key(example, serialized), self._plan.splits
+        )
         shard = fingerprint(serialized) % self._plan.num_shards
         yield (split, shard), (sort_key, serialized)
 
@@ -346,7 +359,7 @@ def _write_jsonl_shard(path: str, payloads: Iterable[str]) -> int:
 
 
 class WriteSortedShards(beam.PTransform):
-    """((group, shard), (sort key, payload)) → one file per shard, sorted, so reruns are byte-identical.
+    """((group, shard), (sort key, payload)) → a sorted file per shard: reruns are byte-identical.
 
     Outputs (group, rows written) per shard.
     """
@@ -385,7 +398,7 @@ class WriteSortedShards(beam.PTransform):
 
 
 def build_pipeline(pipeline: beam.Pipeline, plan: IngestPlan, staging_dir: str) -> None:
-    """Adds the ingest graph to `pipeline`, writing examples, rejects and counts under `staging_dir`."""
+    """Adds the ingest graph to `pipeline`: examples, rejects and counts under `staging_dir`."""
     read_for_types = pipeline | "ReadForTypes" >> ReadRawRows(plan.files, plan.input_format)
     inferred = read_for_types | "InferColumnTypes" >> beam.CombineGlobally(_MergeColumnTypes())
     rows = pipeline | "ReadForExamples" >> ReadRawRows(plan.files, plan.input_format)
@@ -430,7 +443,9 @@ def _complete_shards(staging_dir: str, plan: IngestPlan) -> None:
             )
             if not FileSystems.exists(path):
                 artifacts.write_tfrecords(path, [])
-    rejected_path = shard_path(FileSystems.join(staging_dir, REJECTED_DIR), REJECTED_DIR, 0, 1, ".jsonl")
+    rejected_path = shard_path(
+        FileSystems.join(staging_dir, REJECTED_DIR), REJECTED_DIR, 0, 1, ".jsonl"
+    )
     if not FileSystems.exists(rejected_path):
         _write_jsonl_shard(rejected_path, [])
 
@@ -456,7 +471,9 @@ def run(config: IngestConfig, options: PipelineOptions) -> dict[str, Any]:
             (then the output is moved into place without a manifest, for inspection).
     """
     plan = plan_ingest(config)
-    logging.info("ingest: %d %s file(s), splits %s", len(plan.files), plan.input_format, plan.splits)
+    logging.info(
+        "ingest: %d %s file(s), splits %s", len(plan.files), plan.input_format, plan.splits
+    )
     with artifacts.StagedOutput(config.output_dir, STAGE) as staged:
         with beam.Pipeline(options=options) as pipeline:
             build_pipeline(pipeline, plan, staged.staging_dir)
@@ -477,8 +494,9 @@ def run(config: IngestConfig, options: PipelineOptions) -> dict[str, Any]:
         if rejected > config.max_rejected_fraction * rows_read:
             staged.publish(inputs={}, parameters={}, counts={}, complete=False)
             raise cli.JobError(
-                f"{rejected} of {rows_read} rows rejected ({rejected / rows_read:.2%}), more than "
-                f"--max_rejected_fraction={config.max_rejected_fraction}; reasons in {rejected_path}/"
+                f"{rejected} of {rows_read} rows rejected ({rejected / rows_read:.2%}), more "
+                f"than --max_rejected_fraction={config.max_rejected_fraction}; "
+                f"reasons in {rejected_path}/"
             )
         manifest = staged.publish(
             inputs={"raw": [artifacts.file_fingerprint(item.path) for item in plan.files]},
@@ -514,7 +532,9 @@ def run(config: IngestConfig, options: PipelineOptions) -> dict[str, Any]:
     help="File pattern, or train=<pattern>,eval=<pattern> for data already split. "
     "{SPAN} and {VERSION} in a pattern select the newest span and version.",
 )
-@click.option("--output_dir", required=True, help="Directory to write splits, rejected/ and manifest.json.")
+@click.option(
+    "--output_dir", required=True, help="Directory to write splits, rejected/ and manifest.json."
+)
 @click.option(
     "--format",
     "input_format",
@@ -527,16 +547,24 @@ def run(config: IngestConfig, options: PipelineOptions) -> dict[str, Any]:
     default=None,
     help=f"Split names and hash-bucket weights [default: {DEFAULT_SPLITS}].",
 )
-@click.option("--partition_feature", default=None, help="Split by this column's value, not the whole record.")
-@click.option("--schema", default=None, help="TFDV schema.pbtxt giving column types instead of inference.")
+@click.option(
+    "--partition_feature", default=None, help="Split by this column's value, not the whole record."
+)
+@click.option(
+    "--schema", default=None, help="TFDV schema.pbtxt giving column types instead of inference."
+)
 @click.option(
     "--max_rejected_fraction",
     type=click.FloatRange(0.0, 1.0),
     default=0.0,
     help="Fail (exit 1) when more than this fraction of rows is rejected.",
 )
-@click.option("--span", type=click.IntRange(min=0), default=None, help="Span to ingest [default: newest].")
-@click.option("--version", type=click.IntRange(min=0), default=None, help="Version [default: newest].")
+@click.option(
+    "--span", type=click.IntRange(min=0), default=None, help="Span to ingest [default: newest]."
+)
+@click.option(
+    "--version", type=click.IntRange(min=0), default=None, help="Version [default: newest]."
+)
 @click.option(
     "--num_shards",
     type=click.IntRange(min=0),

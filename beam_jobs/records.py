@@ -18,7 +18,8 @@ import io
 import json
 import math
 import re
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import tensorflow as tf
 from apache_beam.io.filesystem import CompressionTypes
@@ -212,7 +213,9 @@ def _csv_rows(path: str) -> Iterator[RawRow]:
                     raw=fields,
                 )
             else:
-                values = {column: value for column, value in zip(header, fields) if value != ""}
+                values = {
+                    column: value for column, value in zip(header, fields, strict=True) if value
+                }
                 yield RawRow(path, start, values=values, raw=fields)
 
 

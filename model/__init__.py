@@ -1,4 +1,4 @@
-"""The demo model: feature constants, preprocessing_fn, Keras model, eval config, training script."""
+"""The demo model: feature constants, preprocessing_fn, Keras model, eval config, training."""
 
 import os
 
