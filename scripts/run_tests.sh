@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs the whole test suite from a fresh clone: virtual environment, install, lint, pytest.
+#   scripts/run_tests.sh [pytest arguments...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/ensure_venv.sh
+ensure_venv dev
+
+# Report pages are checked in headless Chromium; install Debian's when it is missing and we can.
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "installing chromium for the report tests" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
+ruff check .
+ruff format --check .
+python -m pytest tests -p no:cacheprovider -q --durations=15 "$@"
