@@ -28,6 +28,7 @@ from beam_jobs.cli import JobError
 __all__ = [
     "MANIFEST_FILE",
     "StagedOutput",
+    "directory_fingerprint",
     "file_fingerprint",
     "input_fingerprint",
     "list_files",
@@ -35,6 +36,7 @@ __all__ = [
     "read_json",
     "read_manifest",
     "read_tfrecords",
+    "serving_versions",
     "utc_now",
     "write_json",
     "write_tfrecords",
@@ -285,3 +287,31 @@ def read_tfrecords(path: str) -> Iterator[bytes]:
             if struct.unpack("<I", body[length:])[0] != _masked_crc32c(record):
                 raise ValueError(f"{path}: corrupt TFRecord data checksum")
             yield record
+
+
+def directory_fingerprint(directory: str) -> str:
+    """A sha256 over every file's relative path and content below a directory (a SavedModel).
+
+    Identifies a model by what it is, not where it lies: a copy has the same fingerprint.
+    """
+    digest = hashlib.sha256()
+    prefix = directory.rstrip("/") + "/"
+    for metadata in list_files(prefix + "**"):
+        relative = metadata.path[len(prefix) :]
+        digest.update(relative.encode("utf-8") + b"\0")
+        digest.update(file_fingerprint(metadata.path)["sha256"].encode("ascii") + b"\n")
+    return digest.hexdigest()
+
+
+def serving_versions(serving_dir: str) -> list[int]:
+    """The model versions under a TF Serving base directory (integer-named folders), ascending.
+
+    Only a version whose `saved_model.pb` exists counts: TF Serving could not load anything else.
+    """
+    versions = set()
+    prefix = serving_dir.rstrip("/") + "/"
+    for metadata in list_files(prefix + "*/saved_model.pb"):
+        name = metadata.path[len(prefix) :].split("/", 1)[0]
+        if name.isdigit():
+            versions.add(int(name))
+    return sorted(versions)

@@ -29,6 +29,7 @@ __all__ = [
     "ValidationAnomaliesError",
     "beam_job_command",
     "pipeline_options",
+    "reports_job_errors",
     "split_list",
 ]
 
@@ -78,28 +79,38 @@ def split_list(value: str | None) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+def reports_job_errors(main: Callable[..., Any]) -> Callable[..., Any]:
+    """Wraps a command body: sets up logging, turns a `JobError` into one line and its exit code.
+
+    For every command, Beam job or not (training, push), so all report errors the same way.
+    """
+
+    @functools.wraps(main)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        logging.getLogger("apache_beam").setLevel(logging.WARNING)
+        try:
+            return main(*args, **kwargs)
+        except JobError as error:
+            click.echo(f"error: {error}", err=True)
+            sys.exit(error.exit_code)
+
+    return guarded
+
+
 def beam_job_command(help_text: str) -> Callable[[Callable[..., Any]], click.Command]:
     """Decorator making a click command of a job's `main`.
 
     The command accepts unknown flags (passed to `main` as `beam_args`, a tuple of strings, for
-    `pipeline_options`), shows defaults in `--help`, configures logging, and turns a `JobError`
-    into one line on stderr with the error's exit code.
+    `pipeline_options`), shows defaults in `--help`, and reports errors as `reports_job_errors`.
     """
 
     def decorate(main: Callable[..., Any]) -> click.Command:
-        @functools.wraps(main)
-        def guarded(*args: Any, **kwargs: Any) -> Any:
-            logging.basicConfig(
-                level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-            )
-            logging.getLogger("apache_beam").setLevel(logging.WARNING)
-            try:
-                return main(*args, **kwargs)
-            except JobError as error:
-                click.echo(f"error: {error}", err=True)
-                sys.exit(error.exit_code)
-
-        guarded = click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)(guarded)
+        guarded = click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)(
+            reports_job_errors(main)
+        )
         return click.command(
             help=help_text,
             context_settings={
