@@ -7,6 +7,10 @@ import setuptools
 REQUIRED_PACKAGES = [
     "apache-beam[gcp,aws]==2.60.0",
     "click>=8.1,<9",
+    # FairnessIndicators metric for TFMA 0.47 lives in this package (see README).
+    "fairness-indicators==0.47.0",
+    # Report plots (calibration, ROC, PR) drawn as pictures, readable without Jupyter.
+    "matplotlib>=3.8,<3.10",
     "numpy>=1.22,<2",
     "pyarrow==10.0.1",
     "tensorflow==2.16.2",
