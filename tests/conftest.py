@@ -66,3 +66,38 @@ def ingested_2017_sample(cfpb_2017_sample_csv, tmp_path_factory) -> pathlib.Path
     config = ingest.IngestConfig(input=str(cfpb_2017_sample_csv), output_dir=str(output_dir))
     ingest.run(config, direct_options())
     return output_dir
+
+
+CURATED_SCHEMA = REPO_ROOT / "schemas" / "consumer_complaints" / "schema.pbtxt"
+
+
+@pytest.fixture(scope="session")
+def curated_schema() -> pathlib.Path:
+    """The curated TFDV schema of the consumer complaints data."""
+    return CURATED_SCHEMA
+
+
+@pytest.fixture(scope="session")
+def ingested_2015_curated(cfpb_2015_csv, tmp_path_factory) -> pathlib.Path:
+    """The 2015 CFPB data ingested with the curated schema's types (zip_code as text), 2:1 split."""
+    output_dir = tmp_path_factory.mktemp("ingest_2015_curated") / "out"
+    config = ingest.IngestConfig(
+        input=str(cfpb_2015_csv), output_dir=str(output_dir), schema=str(CURATED_SCHEMA)
+    )
+    ingest.run(config, direct_options())
+    return output_dir
+
+
+@pytest.fixture(scope="session")
+def transformed_2015(ingested_2015_curated, tmp_path_factory) -> pathlib.Path:
+    """`ingested_2015_curated` through the transform job with the demo's preprocessing_fn."""
+    from beam_jobs import transform
+
+    output_dir = tmp_path_factory.mktemp("transform_2015") / "out"
+    config = transform.TransformConfig(
+        examples_dir=str(ingested_2015_curated),
+        schema=str(CURATED_SCHEMA),
+        output_dir=str(output_dir),
+    )
+    transform.run(config, direct_options())
+    return output_dir
