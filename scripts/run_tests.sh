@@ -14,4 +14,6 @@ fi
 
 ruff check .
 ruff format --check .
-python -m pytest tests -p no:cacheprovider -q --durations=15 "$@"
+# The Google client libraries that the pinned stack imports warn about Python versions on import.
+python -m pytest tests -p no:cacheprovider -q --durations=15 \
+  -W ignore::FutureWarning -W ignore::DeprecationWarning "$@"

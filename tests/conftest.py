@@ -15,16 +15,6 @@ CFPB_2015 = SHARED_DATA / "consumer_complaints_cfpb_2015.csv"
 CFPB_2017_SAMPLE = SHARED_DATA / "consumer_complaints_cfpb_2017_sample.csv"
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    # Deprecation chatter from Google client libraries that the pinned stack imports.
-    for line in (
-        "ignore::FutureWarning:google",
-        "ignore::DeprecationWarning",
-        "ignore::PendingDeprecationWarning",
-    ):
-        config.addinivalue_line("filterwarnings", line)
-
-
 def direct_options() -> PipelineOptions:
     """DirectRunner options for tests: one in-process worker."""
     return PipelineOptions(["--runner=DirectRunner"])
