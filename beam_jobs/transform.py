@@ -16,9 +16,10 @@ rows the ingest manifest says it wrote.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import apache_beam as beam
@@ -181,10 +182,19 @@ def canonical_example(serialized: bytes) -> bytes:
     return tf.train.Example.FromString(serialized).SerializeToString(deterministic=True)
 
 
-def _key_for_shard(serialized: bytes, split: str, num_shards: int) -> tuple[Any, Any]:
-    canonical = canonical_example(serialized)
-    key = content_key(canonical)
-    return (split, key[0] % num_shards), (key, canonical)
+class _KeyForShard(beam.DoFn):
+    """Serialized tf.Example → ((split, shard), (sort key, canonical bytes)), counted per split."""
+
+    def __init__(self, split: str, num_shards: int) -> None:
+        self._split = split
+        self._num_shards = num_shards
+        self._counter = beam.metrics.Metrics.counter(STAGE, f"{EXAMPLES_TRANSFORMED}_{split}")
+
+    def process(self, serialized: bytes) -> Iterator[tuple[Any, Any]]:
+        self._counter.inc()
+        canonical = canonical_example(serialized)
+        key = content_key(canonical)
+        yield (self._split, key[0] % self._num_shards), (key, canonical)
 
 
 class AnalyzeSplits(beam.PTransform):
@@ -218,6 +228,10 @@ def _preprocessing_error(name: str, error: Exception) -> cli.JobError:
             f"--{_FLAG}={name} returns feature {bad_output['name']!r} with a shape TFT cannot "
             "write; return [batch] or [batch, n] tensors, or sparse/ragged ones"
         )
+    if isinstance(error, KeyError):
+        return cli.JobError(
+            f"--{_FLAG}={name} reads feature {error}, which the schema does not declare"
+        )
     return cli.JobError(f"--{_FLAG}={name} failed: {type(error).__name__}: {error}")
 
 
@@ -239,7 +253,7 @@ class TransformSplit(beam.PTransform):
         return (
             transformed
             | "EncodeExamples" >> tft_beam.EncodeTransformedDataset()
-            | "KeyForShard" >> beam.Map(_key_for_shard, self._split, self._num_shards)
+            | "KeyForShard" >> beam.ParDo(_KeyForShard(self._split, self._num_shards))
         )
 
 
@@ -294,6 +308,16 @@ def build_pipeline(pipeline: beam.Pipeline, plan: TransformPlan, staging_dir: st
         | "CountsToDict" >> beam.combiners.ToDict()
         | "WriteCounts" >> beam.Map(lambda counts: artifacts.write_json(counts_path, counts))
     )
+
+
+def _function_fingerprint(plan: TransformPlan) -> dict[str, Any]:
+    """The user function's name and the fingerprint of the file that defines it."""
+    try:
+        source = inspect.getsourcefile(plan.preprocessing_fn)
+    except TypeError:  # a callable object, not a function
+        source = None
+    fingerprint = artifacts.file_fingerprint(source) if source else {}
+    return {"function": plan.preprocessing_fn_name, **fingerprint}
 
 
 def _complete_shards(staging_dir: str, plan: TransformPlan) -> None:
@@ -363,6 +387,7 @@ def run(config: TransformConfig, options: PipelineOptions) -> dict[str, Any]:
             inputs={
                 "examples": artifacts.input_fingerprint(config.examples_dir),
                 "schema": artifacts.file_fingerprint(config.schema),
+                "preprocessing_fn": _function_fingerprint(plan),
             },
             parameters={
                 **dataclasses.asdict(config),

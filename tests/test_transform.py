@@ -206,6 +206,10 @@ import tensorflow as tf
 
 def preprocessing_fn(inputs):
     return {"complaint_id_xf": tf.cast(inputs["complaint_id"], tf.int32)}
+
+
+def reads_undeclared(inputs):
+    return {"x_xf": inputs["no_such_feature"]}
 """
 
 
@@ -216,6 +220,7 @@ def preprocessing_fn(inputs):
         ("model.preprocessing:no_such_fn", "model.preprocessing has no function 'no_such_fn'"),
         ("not a function spec", "name a function as package.module:function"),
         ("{dir}/bad.py:preprocessing_fn", "returns feature 'complaint_id_xf' with a dtype"),
+        ("{dir}/bad.py:reads_undeclared", "reads feature 'no_such_feature', which the schema"),
         ("{dir}/missing.py:preprocessing_fn", "missing.py not found"),
     ],
 )
