@@ -24,6 +24,7 @@ REQUIRED_PACKAGES = [
 ]
 
 DEV_PACKAGES = [
+    "psutil>=5.9",  # peak memory of process trees in scripts/benchmark.py
     "pytest>=8",
     "ruff>=0.6",
 ]

@@ -1,0 +1,411 @@
+"""Benchmarks every Beam stage against the tool a user would otherwise use, in the same run.
+
+    python scripts/benchmark.py [--sizes=1,10] [--source=../shared/data/...csv] [--workdir=DIR]
+
+Builds inputs of N x the 2015 CFPB extract (rows replicated with distinct ids, so hash splits stay
+balanced), then for each size runs ingest, statistics, transform and evaluate on DirectRunner as
+separate processes, recording wall time, rows per second and the peak resident memory of the whole
+process tree. In the same run: ingest against a single-process pyarrow + tfx_bsl converter,
+statistics against `tfdv.generate_statistics_from_csv`, and one worker against two in
+multi-processing mode (whose counts must still add up). A tiny input measures the fixed start-up
+cost. Machines are noisy: only ratios from one run mean anything. Prints a table, writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import dataclasses
+import json
+import pathlib
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+DEFAULT_SOURCE = REPO_ROOT.parent / "shared" / "data" / "consumer_complaints_cfpb_2015.csv"
+SCHEMA = REPO_ROOT / "schemas" / "consumer_complaints" / "schema.pbtxt"
+MULTI_PROCESS = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+STARTUP_ROWS = 100
+_ID_COLUMNS = ("", "Complaint ID")
+_POLL_SECONDS = 0.2
+
+
+@dataclasses.dataclass
+class Measurement:
+    """One timed process: what ran, on how many rows, how long, and its peak memory."""
+
+    stage: str
+    size: str
+    rows: int
+    seconds: float
+    peak_mb: float
+    reference: str | None = None
+    ratio: float | None = None
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds else 0.0
+
+
+def replicate_csv(source: pathlib.Path, target: pathlib.Path, times: int, rows: int = 0) -> int:
+    """Writes `times` copies of the source rows (or its first `rows`) with ids distinct per copy."""
+    with source.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        header = next(reader)
+        body = list(reader)
+    if rows:
+        body = body[:rows]
+    id_indexes = [header.index(name) for name in _ID_COLUMNS if name in header]
+    offset = 10 ** len(str(max(int(row[i]) for row in body for i in id_indexes if row[i]) + 1))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for copy in range(times):
+            for row in body:
+                row = list(row)
+                for index in id_indexes:
+                    if row[index]:
+                        row[index] = str(int(row[index]) + copy * offset)
+                writer.writerow(row)
+    return times * len(body)
+
+
+def _tree_rss(process: psutil.Process) -> int:
+    total = 0
+    for member in [process, *process.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            total += member.memory_info().rss
+    return total
+
+
+def timed(command: list[str]) -> tuple[float, float]:
+    """Runs a command; returns (seconds, peak MB of its process tree). Fails loudly on error."""
+    start = time.perf_counter()
+    child = subprocess.Popen(
+        command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    peak = 0
+    done = threading.Event()
+
+    def poll() -> None:
+        nonlocal peak
+        process = psutil.Process(child.pid)
+        while not done.is_set():
+            try:
+                peak = max(peak, _tree_rss(process))
+            except psutil.Error:
+                return
+            time.sleep(_POLL_SECONDS)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    _, stderr = child.communicate()
+    done.set()
+    poller.join()
+    seconds = time.perf_counter() - start
+    if child.returncode != 0:
+        tail = stderr.decode("utf-8", "replace")[-3000:]
+        raise SystemExit(f"benchmark: {' '.join(command)} failed ({child.returncode}):\n{tail}")
+    return seconds, peak / 2**20
+
+
+def job(module: str, *flags: str) -> list[str]:
+    return [sys.executable, "-m", module, *flags, "--runner=DirectRunner"]
+
+
+def manifest_counts(stage_dir: pathlib.Path) -> dict:
+    return json.loads((stage_dir / "manifest.json").read_text())["counts"]
+
+
+def reference_ingest(csv_path: str, output_path: str) -> None:
+    """The fast single-process conversion: pyarrow CSV → tfx_bsl tf.Example encoder → TFRecord."""
+    import pyarrow.csv as pv
+    import tensorflow as tf
+    from tfx_bsl.coders import example_coder
+
+    from beam_jobs import records
+
+    reader = pv.open_csv(csv_path, parse_options=pv.ParseOptions(newlines_in_values=True))
+    names = [records.normalize_column_name(n, i) for i, n in enumerate(reader.schema.names)]
+    encoder = example_coder.RecordBatchToExamplesEncoder()
+    count = 0
+    with tf.io.TFRecordWriter(output_path, options="GZIP") as writer:
+        for batch in reader:
+            batch = batch.rename_columns(names)
+            for serialized in encoder.encode(batch):
+                writer.write(serialized)
+                count += 1
+    print(count)
+
+
+def reference_statistics(csv_path: str, output_path: str) -> None:
+    """What a user would call instead of the statistics job."""
+    import tensorflow_data_validation as tfdv
+
+    tfdv.generate_statistics_from_csv(csv_path, output_path=output_path)
+
+
+class Benchmark:
+    """Runs every stage for every size in one process tree, collecting measurements."""
+
+    def __init__(self, workdir: pathlib.Path, source: pathlib.Path) -> None:
+        self.workdir = workdir
+        self.source = source
+        self.results: list[Measurement] = []
+        self.model_dir: pathlib.Path | None = None
+
+    def measure(self, stage: str, size: str, rows: int, command: list[str], **extra) -> Measurement:
+        seconds, peak_mb = timed(command)
+        result = Measurement(stage, size, rows, seconds, peak_mb, **extra)
+        self.results.append(result)
+        print(
+            f"  {stage:<22} {size:>5} {seconds:8.1f} s {result.rows_per_second:10.0f} rows/s "
+            f"{peak_mb:8.0f} MB",
+            flush=True,
+        )
+        return result
+
+    def _compare(self, result: Measurement, reference: Measurement, name: str) -> None:
+        result.reference, result.ratio = name, result.seconds / reference.seconds
+
+    def run_size(self, label: str, csv_path: pathlib.Path, rows: int) -> None:
+        root = self.workdir / label
+        ingest_dir, stats_dir, transform_dir = (
+            root / "ingest",
+            root / "statistics",
+            root / "transform",
+        )
+        ingest = self.measure(
+            "ingest",
+            label,
+            rows,
+            job(
+                "beam_jobs.ingest",
+                f"--input={csv_path}",
+                f"--schema={SCHEMA}",
+                f"--output_dir={ingest_dir}",
+            ),
+        )
+        counts = manifest_counts(ingest_dir)
+        assert counts["rows_read"] == rows == sum(counts["rows_written"].values()), counts
+        reference = self.measure(
+            "ingest reference",
+            label,
+            rows,
+            [
+                sys.executable,
+                __file__,
+                "--reference=ingest",
+                str(csv_path),
+                str(root / "ref.tfrecord.gz"),
+            ],
+        )
+        self._compare(ingest, reference, "pyarrow+tfx_bsl converter")
+        multi = self.measure(
+            "ingest 2 workers",
+            label,
+            rows,
+            job(
+                "beam_jobs.ingest",
+                f"--input={csv_path}",
+                f"--schema={SCHEMA}",
+                f"--output_dir={root / 'ingest_mp'}",
+                *MULTI_PROCESS,
+            ),
+        )
+        assert manifest_counts(root / "ingest_mp") == counts, "multi-processing lost or added rows"
+        self._compare(multi, ingest, "1 worker")
+
+        statistics = self.measure(
+            "statistics",
+            label,
+            rows,
+            job(
+                "beam_jobs.statistics", f"--examples_dir={ingest_dir}", f"--output_dir={stats_dir}"
+            ),
+        )
+        reference = self.measure(
+            "statistics reference",
+            label,
+            rows,
+            [
+                sys.executable,
+                __file__,
+                "--reference=statistics",
+                str(csv_path),
+                str(root / "ref.stats"),
+            ],
+        )
+        self._compare(statistics, reference, "tfdv.generate_statistics_from_csv")
+        multi = self.measure(
+            "statistics 2 workers",
+            label,
+            rows,
+            job(
+                "beam_jobs.statistics",
+                f"--examples_dir={ingest_dir}",
+                f"--output_dir={root / 'statistics_mp'}",
+                *MULTI_PROCESS,
+            ),
+        )
+        self._compare(multi, statistics, "1 worker")
+
+        transform = self.measure(
+            "transform",
+            label,
+            rows,
+            job(
+                "beam_jobs.transform",
+                f"--examples_dir={ingest_dir}",
+                f"--schema={SCHEMA}",
+                f"--output_dir={transform_dir}",
+            ),
+        )
+        assert sum(manifest_counts(transform_dir)["examples_transformed"].values()) == rows
+        multi = self.measure(
+            "transform 2 workers",
+            label,
+            rows,
+            job(
+                "beam_jobs.transform",
+                f"--examples_dir={ingest_dir}",
+                f"--schema={SCHEMA}",
+                f"--output_dir={root / 'transform_mp'}",
+                *MULTI_PROCESS,
+            ),
+        )
+        self._compare(multi, transform, "1 worker")
+
+        if self.model_dir is None:
+            self.model_dir = self._train(transform_dir, root / "train")
+        eval_rows = counts["rows_written"]["eval"]
+        self.measure(
+            "evaluate",
+            label,
+            eval_rows,
+            job(
+                "beam_jobs.evaluate",
+                f"--model_dir={self.model_dir}",
+                f"--examples_dir={ingest_dir}",
+                f"--output_dir={root / 'evaluate'}",
+            ),
+        )
+
+    def _train(self, transform_dir: pathlib.Path, output_dir: pathlib.Path) -> pathlib.Path:
+        print("  (training the model that evaluate scores; not timed)", flush=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "model.train",
+                f"--transform_dir={transform_dir}",
+                f"--output_dir={output_dir}",
+                "--train_steps=300",
+            ],
+            cwd=REPO_ROOT,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        return max((output_dir / "serving_model").iterdir(), key=lambda path: int(path.name))
+
+
+def scaling_report(results: list[Measurement]) -> list[dict]:
+    """Per stage: time growth beyond start-up against linear, and peak memory growth."""
+    by_stage: dict[str, dict[str, Measurement]] = {}
+    for result in results:
+        by_stage.setdefault(result.stage, {})[result.size] = result
+    report = []
+    for stage, sizes in by_stage.items():
+        startup = sizes.get("start")
+        one = sizes.get("1x")
+        if not (startup and one):
+            continue
+        for label, result in sizes.items():
+            if label in ("start", "1x"):
+                continue
+            factor = int(label.rstrip("x"))
+            linear = factor * max(one.seconds - startup.seconds, 1e-9)
+            report.append(
+                {
+                    "stage": stage,
+                    "size": label,
+                    "time_vs_linear": (result.seconds - startup.seconds) / linear,
+                    "peak_memory_vs_1x": result.peak_mb / one.peak_mb,
+                }
+            )
+    return report
+
+
+def print_table(results: list[Measurement], scaling: list[dict]) -> None:
+    print("\n| stage | size | rows | seconds | rows/s | peak MB | ratio (time) | vs |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    for r in results:
+        ratio = f"{r.ratio:.2f}" if r.ratio is not None else ""
+        print(
+            f"| {r.stage} | {r.size} | {r.rows:,} | {r.seconds:.1f} | {r.rows_per_second:,.0f} | "
+            f"{r.peak_mb:,.0f} | {ratio} | {r.reference or ''} |"
+        )
+    print("\n| stage | size | time beyond start-up / linear | peak memory / 1x |")
+    print("| --- | --- | ---: | ---: |")
+    for row in scaling:
+        print(
+            f"| {row['stage']} | {row['size']} | {row['time_vs_linear']:.2f} | "
+            f"{row['peak_memory_vs_1x']:.2f} |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1,10", help="Multiples of the 2015 extract.")
+    parser.add_argument("--source", type=pathlib.Path, default=DEFAULT_SOURCE)
+    parser.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path("/tmp/beam-benchmark"))
+    parser.add_argument("--reference", choices=["ingest", "statistics"], help=argparse.SUPPRESS)
+    parser.add_argument("paths", nargs="*", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.reference:
+        {"ingest": reference_ingest, "statistics": reference_statistics}[args.reference](
+            *args.paths
+        )
+        return
+    if not args.source.exists():
+        raise SystemExit(f"benchmark: no source data at {args.source} (pass --source=<CFPB csv>)")
+    sizes = [int(size) for size in args.sizes.split(",")]
+    benchmark = Benchmark(args.workdir, args.source)
+    started = time.perf_counter()
+    tiny = args.workdir / "data" / "start.csv"
+    plan = [("start", tiny, replicate_csv(args.source, tiny, 1, rows=STARTUP_ROWS))]
+    for size in sorted(set(sizes) | {1}):
+        path = args.workdir / "data" / f"{size}x.csv"
+        plan.append((f"{size}x", path, replicate_csv(args.source, path, size)))
+    for label, path, rows in [plan[1], plan[0], *plan[2:]]:
+        print(f"size {label}: {rows:,} rows", flush=True)
+        benchmark.run_size(label, path, rows)
+    scaling = scaling_report(benchmark.results)
+    print_table(benchmark.results, scaling)
+    output = args.workdir / "benchmark.json"
+    output.write_text(
+        json.dumps(
+            {
+                "command": " ".join(sys.argv),
+                "seconds_total": time.perf_counter() - started,
+                "results": [
+                    dataclasses.asdict(r) | {"rows_per_second": r.rows_per_second}
+                    for r in benchmark.results
+                ],
+                "scaling": scaling,
+            },
+            indent=2,
+        )
+    )
+    print(f"\nwrote {output} ({time.perf_counter() - started:.0f} s in all)")
+
+
+if __name__ == "__main__":
+    main()
