@@ -123,6 +123,20 @@ def manifest_counts(stage_dir: pathlib.Path) -> dict:
     return json.loads((stage_dir / "manifest.json").read_text())["counts"]
 
 
+def _as_list_columns(batch):
+    """tf.Example features are lists: each value becomes a one-item list, a null an empty one."""
+    import numpy as np
+    import pyarrow as pa
+
+    columns = []
+    for column in batch.columns:
+        if pa.types.is_string(column.type):
+            column = column.cast(pa.binary())
+        offsets = np.concatenate([[0], np.cumsum(column.is_valid().to_numpy(zero_copy_only=False))])
+        columns.append(pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), column.drop_null()))
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
+
+
 def reference_ingest(csv_path: str, output_path: str) -> None:
     """The fast single-process conversion: pyarrow CSV → tfx_bsl tf.Example encoder → TFRecord."""
     import pyarrow.csv as pv
@@ -131,14 +145,20 @@ def reference_ingest(csv_path: str, output_path: str) -> None:
 
     from beam_jobs import records
 
-    reader = pv.open_csv(csv_path, parse_options=pv.ParseOptions(newlines_in_values=True))
-    names = [records.normalize_column_name(n, i) for i, n in enumerate(reader.schema.names)]
+    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+        header = next(csv.reader(handle))
+    names = [records.normalize_column_name(name, index) for index, name in enumerate(header)]
+    reader = pv.open_csv(
+        csv_path,
+        read_options=pv.ReadOptions(column_names=names, skip_rows=1),
+        parse_options=pv.ParseOptions(newlines_in_values=True),
+        convert_options=pv.ConvertOptions(strings_can_be_null=True),
+    )
     encoder = example_coder.RecordBatchToExamplesEncoder()
     count = 0
     with tf.io.TFRecordWriter(output_path, options="GZIP") as writer:
         for batch in reader:
-            batch = batch.rename_columns(names)
-            for serialized in encoder.encode(batch):
+            for serialized in encoder.encode(_as_list_columns(batch)):
                 writer.write(serialized)
                 count += 1
     print(count)
