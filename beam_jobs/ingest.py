@@ -23,6 +23,7 @@ from typing import Any
 
 import apache_beam as beam
 import click
+import tensorflow as tf
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -33,7 +34,10 @@ __all__ = [
     "IngestConfig",
     "IngestPlan",
     "InputFile",
+    "RawRowsToExamples",
+    "ReadRawRows",
     "Split",
+    "WriteSortedShards",
     "assign_split",
     "build_pipeline",
     "fingerprint",
@@ -41,7 +45,11 @@ __all__ = [
     "parse_input",
     "parse_splits",
     "plan_ingest",
+    "rejected_line",
     "run",
+    "shard_path",
+    "write_jsonl_shard",
+    "write_tfrecord_shard",
 ]
 
 STAGE = "ingest"
@@ -295,46 +303,101 @@ class ReadRawRows(beam.PTransform):
         )
 
 
-class _ConvertRow(beam.DoFn):
-    """`RawRow` → ((split, shard), (sort key, serialized tf.Example)), or a rejected row."""
+def rejected_line(file: str, line: int, reason: str, raw: Any) -> str:
+    """One line of `rejected/`: the row's file, line, the reason and the row as read."""
+    return json.dumps({"file": file, "line": line, "reason": reason, "row": raw}, default=repr)
+
+
+class _TypeRow(beam.DoFn):
+    """`RawRow` → (sort key, serialized tf.Example), or (sort key, rejected line) tagged REJECTED.
+
+    The sort key is (input file index, line): where the row came from, in input order.
+    """
 
     REJECTED = "rejected"
 
-    def __init__(self, plan: IngestPlan) -> None:
-        self._plan = plan
-        self._file_index = {item.path: item for item in plan.files}
-        self._read = beam.metrics.Metrics.counter(STAGE, ROWS_READ)
-        self._rejected = beam.metrics.Metrics.counter(STAGE, ROWS_REJECTED)
+    def __init__(
+        self, files: tuple[InputFile, ...], schema_types: dict[str, ColumnType], stage: str
+    ) -> None:
+        self._file_index = {item.path: item.index for item in files}
+        self._schema_types = schema_types
+        self._read = beam.metrics.Metrics.counter(stage, ROWS_READ)
+        self._rejected = beam.metrics.Metrics.counter(stage, ROWS_REJECTED)
 
     def process(self, row: RawRow, inferred: dict[str, ColumnType]) -> Iterator[Any]:
         self._read.inc()
-        input_file = self._file_index[row.file]
-        sort_key = (input_file.index, row.line)
+        sort_key = (self._file_index[row.file], row.line)
         error = row.error
         if error is None:
             try:
-                example = records.encode_example(
-                    row.values, {**inferred, **self._plan.schema_types}
-                )
+                example = records.encode_example(row.values, {**inferred, **self._schema_types})
             except ValueError as conversion_error:
                 error = str(conversion_error)
         if error is not None:
             self._rejected.inc()
-            rejected = {"file": row.file, "line": row.line, "reason": error, "row": row.raw}
-            yield beam.pvalue.TaggedOutput(
-                self.REJECTED, ((REJECTED_DIR, 0), (sort_key, json.dumps(rejected, default=repr)))
-            )
+            rejected = rejected_line(row.file, row.line, error, row.raw)
+            yield beam.pvalue.TaggedOutput(self.REJECTED, (sort_key, rejected))
             return
-        serialized = example.SerializeToString(deterministic=True)
-        split = input_file.split or assign_split(
-            self._split_key(example, serialized), self._plan.splits
+        yield sort_key, example.SerializeToString(deterministic=True)
+
+
+class RawRowsToExamples(beam.PTransform):
+    """Input files → typed, serialized `tf.Example`s and rejected rows; ingest's and infer's reader.
+
+    Reads the files twice: once to infer column types over the whole input (`schema_types` take
+    precedence), once to convert the rows. Returns a dict of PCollections: `rows` (every `RawRow`
+    read, for counting), `examples` ((sort key, serialized example)) and `rejected` ((sort key,
+    JSON line)), where the sort key is (input file index, line).
+    """
+
+    def __init__(
+        self,
+        files: tuple[InputFile, ...],
+        input_format: str,
+        schema_types: dict[str, ColumnType],
+        *,
+        stage: str = STAGE,
+    ) -> None:
+        super().__init__()
+        self._files = files
+        self._format = input_format
+        self._schema_types = schema_types
+        self._stage = stage
+
+    def expand(self, pipeline: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
+        read_for_types = pipeline | "ReadForTypes" >> ReadRawRows(self._files, self._format)
+        inferred = read_for_types | "InferColumnTypes" >> beam.CombineGlobally(_MergeColumnTypes())
+        rows = pipeline | "ReadForExamples" >> ReadRawRows(self._files, self._format)
+        converted = rows | "ConvertRows" >> beam.ParDo(
+            _TypeRow(self._files, self._schema_types, self._stage),
+            beam.pvalue.AsSingleton(inferred),
+        ).with_outputs(_TypeRow.REJECTED, main="examples")
+        return {
+            "rows": rows,
+            "examples": converted.examples,
+            "rejected": converted[_TypeRow.REJECTED],
+        }
+
+
+class _AssignShard(beam.DoFn):
+    """(sort key, serialized example) → ((split, shard), (sort key, serialized example))."""
+
+    def __init__(self, plan: IngestPlan) -> None:
+        self._plan = plan
+        self._files = {item.index: item for item in plan.files}
+
+    def process(self, keyed: tuple[tuple[int, int], bytes]) -> Iterator[Any]:
+        sort_key, serialized = keyed
+        split = self._files[sort_key[0]].split or assign_split(
+            self._split_key(serialized), self._plan.splits
         )
         shard = fingerprint(serialized) % self._plan.num_shards
         yield (split, shard), (sort_key, serialized)
 
-    def _split_key(self, example: Any, serialized: bytes) -> bytes:
+    def _split_key(self, serialized: bytes) -> bytes:
         if not self._plan.partition_feature:
             return serialized
+        example = tf.train.Example.FromString(serialized)
         feature = example.features.feature.get(self._plan.partition_feature)
         values = records._feature_values(feature) if feature is not None else []
         return b"\x00".join(str(value).encode("utf-8") for value in values)
@@ -345,11 +408,11 @@ def shard_path(directory: str, name: str, shard: int, num_shards: int, suffix: s
     return FileSystems.join(directory, f"{name}-{shard:05d}-of-{num_shards:05d}{suffix}")
 
 
-def _write_tfrecord_shard(path: str, payloads: Iterable[bytes]) -> int:
+def write_tfrecord_shard(path: str, payloads: Iterable[bytes]) -> int:
     return artifacts.write_tfrecords(path, payloads)
 
 
-def _write_jsonl_shard(path: str, payloads: Iterable[str]) -> int:
+def write_jsonl_shard(path: str, payloads: Iterable[str]) -> int:
     count = 0
     with FileSystems.create(path) as handle:
         for line in payloads:
@@ -399,21 +462,23 @@ class WriteSortedShards(beam.PTransform):
 
 def build_pipeline(pipeline: beam.Pipeline, plan: IngestPlan, staging_dir: str) -> None:
     """Adds the ingest graph to `pipeline`: examples, rejects and counts under `staging_dir`."""
-    read_for_types = pipeline | "ReadForTypes" >> ReadRawRows(plan.files, plan.input_format)
-    inferred = read_for_types | "InferColumnTypes" >> beam.CombineGlobally(_MergeColumnTypes())
-    rows = pipeline | "ReadForExamples" >> ReadRawRows(plan.files, plan.input_format)
-    converted = rows | "ConvertRows" >> beam.ParDo(
-        _ConvertRow(plan), beam.pvalue.AsSingleton(inferred)
-    ).with_outputs(_ConvertRow.REJECTED, main="examples")
+    converted = pipeline | "ReadExamples" >> RawRowsToExamples(
+        plan.files, plan.input_format, plan.schema_types
+    )
+    rows = converted["rows"]
+    keyed_examples = converted["examples"] | "AssignShards" >> beam.ParDo(_AssignShard(plan))
     num_shards = plan.num_shards
-    written = converted.examples | "WriteExamples" >> WriteSortedShards(
+    written = keyed_examples | "WriteExamples" >> WriteSortedShards(
         staging_dir,
         lambda _: num_shards,
         (EXAMPLES_FILE_PREFIX, EXAMPLES_FILE_SUFFIX),
-        _write_tfrecord_shard,
+        write_tfrecord_shard,
     )
-    rejected = converted[_ConvertRow.REJECTED] | "WriteRejected" >> WriteSortedShards(
-        staging_dir, lambda _: 1, (REJECTED_DIR, ".jsonl"), _write_jsonl_shard
+    rejected = (
+        converted["rejected"]
+        | "KeyRejected" >> beam.Map(lambda keyed: ((REJECTED_DIR, 0), keyed))
+        | "WriteRejected"
+        >> WriteSortedShards(staging_dir, lambda _: 1, (REJECTED_DIR, ".jsonl"), write_jsonl_shard)
     )
     read_count = (
         rows
@@ -447,7 +512,7 @@ def _complete_shards(staging_dir: str, plan: IngestPlan) -> None:
         FileSystems.join(staging_dir, REJECTED_DIR), REJECTED_DIR, 0, 1, ".jsonl"
     )
     if not FileSystems.exists(rejected_path):
-        _write_jsonl_shard(rejected_path, [])
+        write_jsonl_shard(rejected_path, [])
 
 
 def _check_counts(counts: dict[str, int], output_dir: str) -> None:
