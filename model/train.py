@@ -1,0 +1,556 @@
+"""Train: a Keras model on the transform output under tf.distribute, exported for serving.
+
+    python -m model.train --transform_dir=out/transform --output_dir=out/train \
+        [--model_fn=model.model:build_model] [--train_steps=N] [--batch_size=N] [--hparams=JSON] \
+        [--distribution=mirrored|one_device|multi_worker_mirrored] [--cpu_replicas=N]
+
+Reads `transformed_examples/train` and `/eval` with the transformed feature spec, builds the user's
+`build_model(tf_transform_output, hparams)` inside the distribution strategy's scope and fits it
+for `--train_steps` global batches. `<output_dir>/checkpoints/` holds the training state every
+`--checkpoint_steps`, so a rerun after a crash resumes where it stopped; `<output_dir>/logs/` holds
+TensorBoard logs. The export, `<output_dir>/serving_model/<unix_ts>/`, is a SavedModel with the TFT
+layer inside: `serving_default` takes serialized raw `tf.Example`s (`examples`, label optional) and
+returns `outputs`; `transform_features` returns the transformed features. `manifest.json`, written
+last, records what was trained on, how, and how well.
+"""
+
+from __future__ import annotations
+
+# Importing this module runs model/__init__.py first, which selects Keras 2 (TF_USE_LEGACY_KERAS)
+# before TensorFlow is imported: tf.keras below is tf-keras, as TFT's transform layer needs.
+import dataclasses
+import logging
+import math
+import time
+from typing import Any
+
+import click
+import tensorflow as tf
+import tensorflow_transform as tft
+from apache_beam.io.filesystems import FileSystems
+
+from beam_jobs import artifacts, cli, user_code
+from model import features
+from model import model as demo_model
+
+__all__ = [
+    "DEFAULT_MODEL_FN",
+    "DISTRIBUTIONS",
+    "SERVING_MODEL_DIR",
+    "TrainConfig",
+    "export_model",
+    "main",
+    "make_dataset",
+    "make_strategy",
+    "run",
+    "warm_start",
+]
+
+STAGE = "train"
+DEFAULT_MODEL_FN = "model.model:build_model"
+DEFAULT_LABEL_KEY = features.transformed_name(features.LABEL_KEY)
+DISTRIBUTIONS = ("mirrored", "one_device", "multi_worker_mirrored")
+TRAIN_SPLIT, EVAL_SPLIT = "train", "eval"
+TRANSFORMED_EXAMPLES_DIR = "transformed_examples"
+SERVING_MODEL_DIR = "serving_model"
+CHECKPOINTS_DIR = "checkpoints"
+LOGS_DIR = "logs"
+EXAMPLES_INPUT = "examples"
+SERVING_SIGNATURE = "serving_default"
+TRANSFORM_SIGNATURE = "transform_features"
+DEFAULT_TRAIN_STEPS = 1000
+DEFAULT_BATCH_SIZE = 64
+DEFAULT_CHECKPOINT_STEPS = 100
+# Weight initialization and shuffling are seeded, so reruns train the same model.
+SEED = 42
+_SHUFFLE_BUFFER = 10_000
+_FLAG = "model_fn"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The training script's parameters, as given on the command line."""
+
+    transform_dir: str
+    output_dir: str
+    model_fn: str = DEFAULT_MODEL_FN
+    label_key: str = DEFAULT_LABEL_KEY
+    train_steps: int = DEFAULT_TRAIN_STEPS
+    eval_steps: int | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    hparams: str | None = None
+    text_encoder: str | None = None
+    base_model: str | None = None
+    distribution: str = "mirrored"
+    cpu_replicas: int = 1
+    checkpoint_steps: int = DEFAULT_CHECKPOINT_STEPS
+    early_stopping_patience: int = 0
+
+
+def _split_cpu(cpu_replicas: int) -> None:
+    """Splits the CPU into `cpu_replicas` logical devices (before TensorFlow starts its runtime)."""
+    cpus = tf.config.list_physical_devices("CPU")
+    try:
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration()] * cpu_replicas
+        )
+    except RuntimeError as error:
+        raise cli.JobError(
+            f"--cpu_replicas={cpu_replicas}: TensorFlow's devices were already initialized in this "
+            "process; run python -m model.train in a fresh process"
+        ) from error
+
+
+def make_strategy(distribution: str, cpu_replicas: int = 1) -> tf.distribute.Strategy:
+    """The tf.distribute strategy: every visible GPU is a replica, else `cpu_replicas` CPU parts.
+
+    Raises:
+        click.BadParameter: `cpu_replicas` above 1 for a strategy other than `mirrored`.
+    """
+    if cpu_replicas > 1 and distribution != "mirrored":
+        raise click.BadParameter(
+            f"{cpu_replicas} CPU replicas need --distribution=mirrored", param_hint="--cpu_replicas"
+        )
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus and cpu_replicas > 1:
+        logging.warning("train: %d GPU(s) visible, so --cpu_replicas is ignored", len(gpus))
+    elif cpu_replicas > 1:
+        _split_cpu(cpu_replicas)
+    if distribution == "one_device":
+        return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
+    if distribution == "multi_worker_mirrored":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if gpus:
+        return tf.distribute.MirroredStrategy()
+    # Collective all-reduce (the default between CPU devices) crashes this TensorFlow on sparse
+    # gradients (an embedding's IndexedSlices); reducing on one device is as fast on one host.
+    return tf.distribute.MirroredStrategy(
+        [device.name for device in tf.config.list_logical_devices("CPU")],
+        cross_device_ops=tf.distribute.ReductionToOneDevice(),
+    )
+
+
+def _example_files(transform_dir: str, split: str) -> list[str]:
+    pattern = FileSystems.join(transform_dir, TRANSFORMED_EXAMPLES_DIR, split, "*")
+    files = sorted(tf.io.gfile.glob(pattern))
+    if not files:
+        raise cli.JobError(
+            f"--transform_dir={transform_dir} has no {split} split ({pattern} matches no file); "
+            f"transform it with --transform_splits={TRAIN_SPLIT},{EVAL_SPLIT}"
+        )
+    return files
+
+
+def make_dataset(
+    files: list[str],
+    feature_spec: dict[str, Any],
+    *,
+    label_key: str,
+    batch_size: int,
+    training: bool,
+) -> tf.data.Dataset:
+    """Batches of (features, label) from GZIP'd transformed `tf.Example`s.
+
+    Args:
+        files: TFRecord files of transformed examples.
+        feature_spec: the transformed feature spec; only features in it are parsed.
+        label_key: the transformed label feature, returned as float32 `[batch, 1]`.
+        batch_size: global batch size (a distribution strategy splits it among replicas).
+        training: shuffle (with a fixed seed) and repeat forever; otherwise one pass in order.
+    """
+    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP")
+    if training:
+        dataset = dataset.shuffle(_SHUFFLE_BUFFER, seed=SEED).repeat()
+    dataset = dataset.batch(batch_size, drop_remainder=training)
+
+    def parse(serialized: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+        parsed = tf.io.parse_example(serialized, feature_spec)
+        label = tf.reshape(tf.cast(parsed.pop(label_key), tf.float32), [-1, 1])
+        return parsed, label
+
+    dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    # Examples are few large files: shard by element, not by file, across workers.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+class _StepControl(tf.keras.callbacks.Callback):
+    """Logs where training starts (after a restored checkpoint) and stops at `train_steps`."""
+
+    def __init__(self, train_steps: int) -> None:
+        super().__init__()
+        self.train_steps = train_steps
+        self.initial_step = 0
+
+    def _step(self) -> int:
+        return int(self.model.optimizer.iterations.numpy())
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self.initial_step = self._step()
+        if self.initial_step:
+            logging.info("train: resumed from checkpoint at step %d", self.initial_step)
+        if self.initial_step >= self.train_steps:
+            self.model.stop_training = True
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._step() >= self.train_steps:
+            self.model.stop_training = True
+
+
+def _callbacks(
+    config: TrainConfig, step_control: _StepControl
+) -> list[tf.keras.callbacks.Callback]:
+    """Checkpoints (restored first), step control, TensorBoard, and early stopping if asked."""
+    callbacks = [
+        tf.keras.callbacks.BackupAndRestore(
+            FileSystems.join(config.output_dir, CHECKPOINTS_DIR),
+            save_freq=config.checkpoint_steps,
+            delete_checkpoint=False,
+        ),
+        step_control,
+        tf.keras.callbacks.TensorBoard(FileSystems.join(config.output_dir, LOGS_DIR)),
+    ]
+    if config.early_stopping_patience:
+        callbacks.append(
+            tf.keras.callbacks.EarlyStopping(
+                monitor="val_loss",
+                patience=config.early_stopping_patience,
+                restore_best_weights=True,
+            )
+        )
+    return callbacks
+
+
+def warm_start(keras_model: tf.keras.Model, base_model: str) -> None:
+    """Copies the weights of an earlier export of the same architecture into `keras_model`.
+
+    Only the layers' weights are copied (not the optimizer's state or step count), matched by the
+    model's structure as Keras checkpoints it.
+
+    Raises:
+        cli.JobError: `base_model` is not a SavedModel, or its weights do not fit the model.
+    """
+    prefix = FileSystems.join(base_model, "variables", "variables")
+    if not tf.io.gfile.exists(prefix + ".index"):
+        raise cli.JobError(f"--base_model={base_model} is not a SavedModel (no {prefix}.index)")
+    # A model over the same layers without the optimizer, so only layer weights are restored.
+    layers_only = tf.keras.Model(keras_model.inputs, keras_model.outputs)
+    try:
+        layers_only.load_weights(prefix).assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as error:
+        raise cli.JobError(
+            f"--base_model={base_model} does not fit this model (another architecture or "
+            f"hparams?): {str(error).splitlines()[0]}"
+        ) from error
+    logging.info("train: warm-started from %s", base_model)
+
+
+def _raw_label_key(tf_transform_output: tft.TFTransformOutput, label_key: str) -> str | None:
+    """The raw feature the transformed label came from, if the raw data has it."""
+    raw_key = label_key.removesuffix(features.TRANSFORMED_SUFFIX)
+    return raw_key if raw_key in tf_transform_output.raw_feature_spec() else None
+
+
+def _signatures(
+    keras_model: tf.keras.Model, tf_transform_output: tft.TFTransformOutput, label_key: str
+) -> dict[str, Any]:
+    """`serving_default` (raw examples, label optional, to `outputs`) and `transform_features`."""
+    keras_model.tft_layer = tf_transform_output.transform_features_layer()
+    raw_spec = tf_transform_output.raw_feature_spec()
+    serving_spec = dict(raw_spec)
+    serving_spec.pop(_raw_label_key(tf_transform_output, label_key) or "", None)
+    examples = tf.TensorSpec(shape=[None], dtype=tf.string, name=EXAMPLES_INPUT)
+
+    @tf.function(input_signature=[examples])
+    def serve(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+        transformed = keras_model.tft_layer(tf.io.parse_example(serialized, serving_spec))
+        inputs = {name: transformed[name] for name in keras_model.input_names}
+        return {demo_model.OUTPUT_NAME: keras_model(inputs)}
+
+    @tf.function(input_signature=[examples])
+    def transform(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+        return keras_model.tft_layer(tf.io.parse_example(serialized, raw_spec))
+
+    return {
+        SERVING_SIGNATURE: serve.get_concrete_function(),
+        TRANSFORM_SIGNATURE: transform.get_concrete_function(),
+    }
+
+
+def _move_directory(source: str, destination: str) -> None:
+    """Renames a directory; on object stores, file by file with `saved_model.pb` last."""
+    if not FileSystems.get_scheme(source):
+        tf.io.gfile.rename(source, destination)
+        return
+    files = [meta.path for meta in artifacts.list_files(FileSystems.join(source, "**"))]
+    files.sort(key=lambda path: path.endswith("/saved_model.pb"))
+    FileSystems.rename(files, [destination + path[len(source) :] for path in files])
+
+
+def export_model(
+    keras_model: tf.keras.Model,
+    tf_transform_output: tft.TFTransformOutput,
+    output_dir: str,
+    label_key: str,
+) -> str:
+    """Saves `<output_dir>/serving_model/<unix_ts>/` under a temporary name, then renames it.
+
+    Returns:
+        The export's path.
+    """
+    signatures = _signatures(keras_model, tf_transform_output, label_key)
+    serving_dir = FileSystems.join(output_dir, SERVING_MODEL_DIR)
+    version = int(time.time())
+    while tf.io.gfile.exists(FileSystems.join(serving_dir, str(version))):
+        version += 1
+    export_path = FileSystems.join(serving_dir, str(version))
+    staging_path = FileSystems.join(serving_dir, f".{version}.staging")
+    keras_model.save(staging_path, save_format="tf", signatures=signatures, include_optimizer=False)
+    _move_directory(staging_path, export_path)
+    logging.info("train: exported %s", export_path)
+    return export_path
+
+
+def _load_transform(config: TrainConfig) -> tuple[tft.TFTransformOutput, dict[str, Any]]:
+    """The finished transform output and its manifest; the label must be a transformed feature."""
+    manifest = artifacts.read_manifest(config.transform_dir, flag="transform_dir")
+    tf_transform_output = tft.TFTransformOutput(config.transform_dir)
+    spec = tf_transform_output.transformed_feature_spec()
+    if config.label_key not in spec:
+        raise cli.JobError(
+            f"--label_key={config.label_key} is not a transformed feature of "
+            f"{config.transform_dir}; it has {sorted(spec)}"
+        )
+    return tf_transform_output, manifest
+
+
+def _hparams(config: TrainConfig) -> demo_model.HParams:
+    try:
+        hparams = demo_model.parse_hparams(config.hparams)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--hparams") from error
+    if config.text_encoder:
+        hparams = dataclasses.replace(hparams, text_encoder=config.text_encoder)
+    return hparams
+
+
+def _train_examples(manifest: dict[str, Any], files: list[str]) -> int:
+    """Training examples: as the transform manifest counted them, else counted here."""
+    counted = manifest.get("counts", {}).get("examples_transformed", {}).get(TRAIN_SPLIT)
+    if counted is not None:
+        return int(counted)
+    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP")
+    return int(dataset.reduce(0, lambda count, _: count + 1))
+
+
+def _build(
+    config: TrainConfig,
+    strategy: tf.distribute.Strategy,
+    tf_transform_output: tft.TFTransformOutput,
+    hparams: demo_model.HParams,
+) -> tf.keras.Model:
+    """The user's compiled model, built in the strategy's scope and warm-started if asked."""
+    build_model = user_code.load_function(config.model_fn, flag=_FLAG)
+    tf.keras.utils.set_random_seed(SEED)
+    with strategy.scope():
+        keras_model = build_model(tf_transform_output, hparams)
+        if not isinstance(keras_model, tf.keras.Model) or keras_model.optimizer is None:
+            raise cli.JobError(
+                f"--{_FLAG}={config.model_fn} returned {type(keras_model).__name__}, "
+                "not a compiled tf.keras.Model"
+            )
+        if config.base_model:
+            warm_start(keras_model, config.base_model)
+    return keras_model
+
+
+def _strategy(config: TrainConfig) -> tuple[tf.distribute.Strategy, int]:
+    """The strategy and its replica count, checked against the global batch size."""
+    strategy = make_strategy(config.distribution, config.cpu_replicas)
+    replicas = strategy.num_replicas_in_sync
+    devices = list(strategy.extended.worker_devices)
+    logging.info("train: training on %d replicas: %s", replicas, devices)
+    if config.batch_size % replicas:
+        raise click.BadParameter(
+            f"global batch {config.batch_size} does not divide among {replicas} replicas",
+            param_hint="--batch_size",
+        )
+    return strategy, replicas
+
+
+def _fit(
+    config: TrainConfig,
+    keras_model: tf.keras.Model,
+    tf_transform_output: tft.TFTransformOutput,
+    transform_manifest: dict[str, Any],
+) -> dict[str, Any]:
+    """Fits `keras_model` up to `train_steps` global steps; returns counts and metrics."""
+    spec = tf_transform_output.transformed_feature_spec()
+    spec = {key: spec[key] for key in (*keras_model.input_names, config.label_key)}
+    train_files = _example_files(config.transform_dir, TRAIN_SPLIT)
+    train_examples = _train_examples(transform_manifest, train_files)
+    eval_data = make_dataset(
+        _example_files(config.transform_dir, EVAL_SPLIT),
+        spec,
+        label_key=config.label_key,
+        batch_size=config.batch_size,
+        training=False,
+    )
+    train_data = make_dataset(
+        train_files, spec, label_key=config.label_key, batch_size=config.batch_size, training=True
+    )
+    steps_per_epoch = min(config.train_steps, max(1, train_examples // config.batch_size))
+    step_control = _StepControl(config.train_steps)
+    history = keras_model.fit(
+        train_data,
+        epochs=math.ceil(config.train_steps / steps_per_epoch),
+        steps_per_epoch=steps_per_epoch,
+        validation_data=eval_data,
+        validation_steps=config.eval_steps,
+        callbacks=_callbacks(config, step_control),
+        verbose=2,
+    )
+    eval_metrics = keras_model.evaluate(
+        eval_data, steps=config.eval_steps, return_dict=True, verbose=0
+    )
+    steps = int(keras_model.optimizer.iterations.numpy())
+    logging.info(
+        "train: %d steps (%d in this run), eval %s",
+        steps,
+        steps - step_control.initial_step,
+        eval_metrics,
+    )
+    train_metrics = {
+        key: values[-1] for key, values in history.history.items() if not key.startswith("val_")
+    }
+    return {
+        "counts": {
+            "steps": steps,
+            "initial_step": step_control.initial_step,
+            "steps_this_run": steps - step_control.initial_step,
+            "steps_per_epoch": steps_per_epoch,
+            "train_examples": train_examples,
+        },
+        "metrics": {"train": train_metrics, "eval": eval_metrics},
+    }
+
+
+def run(config: TrainConfig) -> dict[str, Any]:
+    """Trains, exports and writes the manifest (last).
+
+    Returns:
+        The manifest written to `<output_dir>/manifest.json`.
+
+    Raises:
+        cli.JobError: an unfinished or unsuitable transform output, a bad model function or base
+            model, or devices that cannot be split any more.
+        click.BadParameter: bad `--hparams`, or a batch that does not divide among the replicas.
+    """
+    started_at = artifacts.utc_now()
+    manifest_path = FileSystems.join(config.output_dir, artifacts.MANIFEST_FILE)
+    if FileSystems.exists(manifest_path):
+        # Un-commit the previous run first: no crash below may leave its manifest over new files.
+        FileSystems.delete([manifest_path])
+    tf_transform_output, transform_manifest = _load_transform(config)
+    hparams = _hparams(config)
+    strategy, replicas = _strategy(config)
+    keras_model = _build(config, strategy, tf_transform_output, hparams)
+    result = _fit(config, keras_model, tf_transform_output, transform_manifest)
+    export_path = export_model(
+        keras_model, tf_transform_output, config.output_dir, config.label_key
+    )
+    inputs = {"transform": artifacts.input_fingerprint(config.transform_dir)}
+    if config.base_model:
+        inputs["base_model"] = {"path": config.base_model}
+    manifest = {
+        "stage": STAGE,
+        "inputs": inputs,
+        "parameters": {**dataclasses.asdict(config), "hparams": dataclasses.asdict(hparams)},
+        "counts": {
+            **result["counts"],
+            "batch_size": config.batch_size,
+            "per_replica_batch_size": config.batch_size // replicas,
+            "replicas": replicas,
+            "devices": list(strategy.extended.worker_devices),
+        },
+        "metrics": result["metrics"],
+        "export_path": export_path,
+        "package_versions": artifacts.package_versions(),
+        "started_at": started_at,
+        "finished_at": artifacts.utc_now(),
+    }
+    artifacts.write_json(manifest_path, manifest)
+    return manifest
+
+
+@click.command(
+    help=__doc__.split("\n\n")[0],
+    context_settings={"show_default": True, "max_content_width": 100},
+)
+@click.option("--transform_dir", required=True, help="Transform output to train on.")
+@click.option(
+    "--output_dir", required=True, help="Directory for serving_model/, checkpoints/, logs/."
+)
+@click.option(
+    "--model_fn",
+    default=DEFAULT_MODEL_FN,
+    help="build_model(tf_transform_output, hparams): package.module:function or file.py:function.",
+)
+@click.option("--label_key", default=DEFAULT_LABEL_KEY, help="Transformed label feature.")
+@click.option(
+    "--train_steps", type=click.IntRange(min=1), default=DEFAULT_TRAIN_STEPS, help="Global steps."
+)
+@click.option(
+    "--eval_steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Eval batches per evaluation [default: the whole eval split].",
+)
+@click.option(
+    "--batch_size",
+    type=click.IntRange(min=1),
+    default=DEFAULT_BATCH_SIZE,
+    help="Global batch size.",
+)
+@click.option("--hparams", default=None, help="JSON object of hyper-parameters for build_model.")
+@click.option(
+    "--text_encoder", default=None, help="TF Hub handle or local SavedModel encoding the text."
+)
+@click.option("--base_model", default=None, help="SavedModel export to warm-start from.")
+@click.option(
+    "--distribution", type=click.Choice(DISTRIBUTIONS), default="mirrored", help="tf.distribute."
+)
+@click.option(
+    "--cpu_replicas",
+    type=click.IntRange(min=1),
+    default=1,
+    help="Without GPUs: split the CPU into this many replicas (mirrored).",
+)
+@click.option(
+    "--checkpoint_steps",
+    type=click.IntRange(min=1),
+    default=DEFAULT_CHECKPOINT_STEPS,
+    help="Save the training state every this many steps.",
+)
+@click.option(
+    "--early_stopping_patience",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Stop after this many epochs without a lower eval loss (0: never).",
+)
+@cli.reports_job_errors
+def main(**flags: Any) -> None:
+    """Trains the model named by `--model_fn` on `--transform_dir`."""
+    manifest = run(TrainConfig(**flags))
+    logging.info(
+        "train: %d steps on %d replicas, eval %s -> %s",
+        manifest["counts"]["steps"],
+        manifest["counts"]["replicas"],
+        manifest["metrics"]["eval"],
+        manifest["export_path"],
+    )
+
+
+if __name__ == "__main__":
+    main()
