@@ -1,0 +1,615 @@
+"""Infer: raw records scored in bulk by a SavedModel, through Beam's RunInference.
+
+    python -m beam_jobs.infer --model_dir=<SavedModel dir | serving dir> --input=data/*.csv \
+        --output_dir=out/predictions [--format=csv] [--id_column=complaint_id] \
+        [--schema=schemas/consumer_complaints/schema.pbtxt]
+
+Records are read, typed and encoded as `tf.Example`s by ingest's own readers and conversion
+(`ingest.RawRowsToExamples`), without splitting: the model sees exactly what training data looked
+like. Pass `--schema` (the schema the training data was ingested with) so that a column is typed as
+in training whatever this input holds: without it, types are inferred over this input alone, and a
+column like `zip_code`, text in the schema, may come out as integers the model cannot parse.
+
+Scoring is tfx_bsl's model handler (`CreateModelHandler` with a `SavedModelSpec`) under Beam's
+`RunInference`: batches of serialized examples go to the `serving_default` signature and come back
+as TF Serving `PredictionLog`s. A batch that fails is retried one record at a time, so only the
+records that really fail are rejected. Writes:
+
+- `predictions/predictions-*.jsonl`: per record its tracking id (the `--id_column` value, else a
+  hash of the serialized example), model name, version and fingerprint, score, and the features
+  the model saw (`example_to_json`), so feedback can be joined to exactly what was scored;
+- `prediction_logs/prediction_logs-*.tfrecord.gz`: the `PredictionLog`s, in the same order;
+- `rejected/`: records that could not be parsed, typed, identified or scored, with reasons;
+- `manifest.json`: model path, version and fingerprint, counts (rows read = predicted + rejected).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import apache_beam as beam
+import click
+import numpy as np
+import tensorflow as tf
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.ml.inference import base as inference
+from apache_beam.options.pipeline_options import PipelineOptions
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.apis import prediction_log_pb2
+from tfx_bsl.public.beam.run_inference import CreateModelHandler
+from tfx_bsl.public.proto import model_spec_pb2
+
+from beam_jobs import artifacts, cli, ingest, records
+
+__all__ = [
+    "InferConfig",
+    "InferPlan",
+    "ModelInfo",
+    "ScoreExamples",
+    "build_pipeline",
+    "example_from_json",
+    "example_to_json",
+    "main",
+    "plan_infer",
+    "prediction_record",
+    "resolve_model",
+    "run",
+    "score_of",
+    "tracking_id",
+]
+
+STAGE = "infer"
+SIGNATURE = "serving_default"
+OUTPUT_KEY = "outputs"
+PREDICTIONS_DIR = "predictions"
+PREDICTION_LOGS_DIR = "prediction_logs"
+ROWS_PREDICTED = "rows_predicted"
+DEFAULT_BATCH_SIZE = 256
+_SAVED_MODEL_FILE = "saved_model.pb"
+_COUNTS_FILE = ".counts.json"
+_MAX_REASON_CHARS = 300
+_PREDICTIONS_FILE = (PREDICTIONS_DIR, ".jsonl")
+_LOGS_FILE = (PREDICTION_LOGS_DIR, ".tfrecord.gz")
+
+SortKey = tuple[int, int]
+Keyed = tuple[tuple[SortKey, str], bytes]
+
+
+@dataclasses.dataclass(frozen=True)
+class InferConfig:
+    """The infer job's parameters, as given on the command line."""
+
+    model_dir: str
+    input: str
+    output_dir: str
+    input_format: str | None = None
+    id_column: str | None = None
+    schema: str | None = None
+    model_name: str | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    max_rejected_fraction: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """The SavedModel that scores: where it is, its name and version, its content fingerprint."""
+
+    path: str
+    name: str
+    version: int | None
+    fingerprint: str
+
+
+@dataclasses.dataclass(frozen=True)
+class InferPlan:
+    """Everything resolved before the pipeline runs: model, files, format, types, shards."""
+
+    model: ModelInfo
+    files: tuple[ingest.InputFile, ...]
+    input_format: str
+    schema_types: dict[str, records.ColumnType]
+    num_shards: int
+    id_column: str | None
+    batch_size: int
+
+
+def _base_name(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _check_signature(model_path: str) -> None:
+    """Checks the SavedModel has `serving_default`: one string input, an `outputs` output."""
+    saved_model = saved_model_pb2.SavedModel()
+    path = FileSystems.join(model_path, _SAVED_MODEL_FILE)
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        saved_model.ParseFromString(handle.read())
+    signatures = saved_model.meta_graphs[0].signature_def if saved_model.meta_graphs else {}
+    signature = signatures.get(SIGNATURE)
+    if signature is None:
+        raise cli.JobError(f"--model_dir: {model_path} has no {SIGNATURE} signature")
+    inputs = list(signature.inputs.values())
+    if len(inputs) != 1 or inputs[0].dtype != tf.string.as_datatype_enum:
+        raise cli.JobError(
+            f"--model_dir: {SIGNATURE} of {model_path} must take one string input (serialized "
+            f"tf.Examples), it takes {sorted(signature.inputs)}"
+        )
+    if OUTPUT_KEY not in signature.outputs:
+        raise cli.JobError(
+            f"--model_dir: {SIGNATURE} of {model_path} returns {sorted(signature.outputs)}, "
+            f"not {OUTPUT_KEY!r}"
+        )
+
+
+def resolve_model(model_dir: str, model_name: str | None = None) -> ModelInfo:
+    """The SavedModel named by `--model_dir`: itself, or a serving dir's newest version.
+
+    The version is the integer name of the model's folder (`<serving dir>/<version>/`, or
+    `serving_model/<unix ts>/` of training), else None; the name defaults to the folder holding
+    the versions (TF Serving's model name), else the model's own folder name.
+
+    Raises:
+        cli.JobError: neither a SavedModel nor a serving dir, or no usable `serving_default`.
+    """
+    model_dir = model_dir.rstrip("/")
+    if FileSystems.exists(FileSystems.join(model_dir, _SAVED_MODEL_FILE)):
+        path = model_dir
+    else:
+        versions = artifacts.serving_versions(model_dir)
+        if not versions:
+            raise cli.JobError(
+                f"--model_dir={model_dir} is neither a SavedModel (no {_SAVED_MODEL_FILE}) nor a "
+                "serving dir with integer versions; pass an export of model.train or push"
+            )
+        path = FileSystems.join(model_dir, str(versions[-1]))
+    _check_signature(path)
+    folder = _base_name(path)
+    version = int(folder) if folder.isdigit() else None
+    parent = _base_name(path[: -len(folder) - 1]) if version is not None else folder
+    return ModelInfo(
+        path=path,
+        name=model_name or parent or folder,
+        version=version,
+        fingerprint=artifacts.directory_fingerprint(path),
+    )
+
+
+def example_to_json(example: tf.train.Example) -> dict[str, list[Any]]:
+    """A `tf.Example`'s features as JSON values: text for bytes, numbers for numbers.
+
+    Bytes that are not UTF-8 survive as surrogate escapes; `example_from_json` restores them.
+    """
+    features = {}
+    for name in sorted(example.features.feature):
+        feature = example.features.feature[name]
+        kind = feature.WhichOneof("kind")
+        if kind == "bytes_list":
+            features[name] = [
+                v.decode("utf-8", "surrogateescape") for v in feature.bytes_list.value
+            ]
+        elif kind is not None:
+            features[name] = list(getattr(feature, kind).value)
+    return features
+
+
+def example_from_json(features: Mapping[str, list[Any]]) -> tf.train.Example:
+    """The `tf.Example` of `example_to_json`: text → bytes, all-int → int64, else float.
+
+    Raises:
+        ValueError: a feature is not a list of text or numbers.
+    """
+    example = tf.train.Example()
+    for name, values in features.items():
+        feature = example.features.feature[name]
+        if all(isinstance(value, str) for value in values):
+            encoded = [value.encode("utf-8", "surrogateescape") for value in values]
+            feature.bytes_list.value.extend(encoded)
+        elif all(isinstance(value, int) and not isinstance(value, bool) for value in values):
+            feature.int64_list.value.extend(values)
+        elif all(isinstance(value, (int, float)) for value in values):
+            feature.float_list.value.extend(values)
+        else:
+            raise ValueError(f"feature {name!r}: {values!r} is not a list of text or numbers")
+    return example
+
+
+def tracking_id(example: tf.train.Example, serialized: bytes, id_column: str | None) -> str:
+    """The record's tracking id: its `id_column` value, else a hash of the serialized example.
+
+    The hash is of the deterministic serialization, so the same record gets the same id on
+    every run and runner.
+
+    Raises:
+        ValueError: the record has no single value in `id_column`.
+    """
+    if not id_column:
+        return hashlib.blake2b(serialized, digest_size=16).hexdigest()
+    values = example_to_json(example).get(id_column, [])
+    if len(values) != 1:
+        raise ValueError(f"--id_column={id_column}: needs one value, found {len(values)}")
+    return str(values[0])
+
+
+def score_of(log: prediction_log_pb2.PredictionLog) -> float | list[float]:
+    """The model's `outputs` for one record: a float, or a list for several outputs."""
+    values = np.asarray(tf.make_ndarray(log.predict_log.response.outputs[OUTPUT_KEY])).ravel()
+    return float(values[0]) if values.size == 1 else [float(value) for value in values]
+
+
+def prediction_record(
+    tracking: str, model: ModelInfo, log: prediction_log_pb2.PredictionLog
+) -> dict[str, Any]:
+    """The JSON line of one prediction: id, model, score and the features the model saw."""
+    serialized = log.predict_log.request.inputs[next(iter(log.predict_log.request.inputs))]
+    example = tf.train.Example.FromString(serialized.string_val[0])
+    return {
+        "tracking_id": tracking,
+        "model_name": model.name,
+        "model_version": model.version,
+        "model_fingerprint": model.fingerprint,
+        "score": score_of(log),
+        "features": example_to_json(example),
+    }
+
+
+class _AssignTrackingId(beam.DoFn):
+    """(sort key, serialized) → ((sort key, tracking id), serialized), or a rejected line."""
+
+    def __init__(self, files: tuple[ingest.InputFile, ...], id_column: str | None) -> None:
+        self._paths = {item.index: item.path for item in files}
+        self._id_column = id_column
+        self._rejected = beam.metrics.Metrics.counter(STAGE, ingest.ROWS_REJECTED)
+
+    def process(self, keyed: tuple[SortKey, bytes]) -> Iterator[Any]:
+        sort_key, serialized = keyed
+        example = tf.train.Example.FromString(serialized)
+        try:
+            yield (sort_key, tracking_id(example, serialized, self._id_column)), serialized
+        except ValueError as error:
+            self._rejected.inc()
+            line = ingest.rejected_line(
+                self._paths[sort_key[0]], sort_key[1], str(error), example_to_json(example)
+            )
+            yield beam.pvalue.TaggedOutput(ingest.REJECTED_DIR, (sort_key, line))
+
+
+def _error_reason(error: Any) -> str:
+    """A one-line reason from RunInference's dead letter: an exception, or Beam's tuple of it."""
+    if isinstance(error, tuple) and len(error) == 3:  # (type, repr, formatted traceback)
+        kind, _, trace = error
+        name, message = getattr(kind, "__name__", str(kind)), "".join(trace[-1:])
+    else:
+        name, message = type(error).__name__, str(error)
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    # TensorFlow names a bad feature on a line of its own ("Name: <unknown>, Feature: x (data
+    # type: string) is required ...", "... Key: x, Index: 0.  Data types don't match ..."),
+    # between a "Graph execution error:" header and the failing node.
+    details = [line for line in lines if not line.endswith(":") and not line.startswith("[[")]
+    named = [line for line in details if "Feature:" in line or "Key:" in line]
+    detail = (named or details or lines or [""])[0].removeprefix("Name: <unknown>, ")
+    return f"inference failed: {name}: {detail[:_MAX_REASON_CHARS]}"
+
+
+def _failed_lines(
+    failure: tuple[list[Keyed], Any], paths: Mapping[int, str]
+) -> Iterator[tuple[SortKey, str]]:
+    """Rejected lines of a batch that failed even one record at a time."""
+    batch, error = failure
+    reason = _error_reason(error)
+    for (sort_key, _), serialized in batch:
+        features = example_to_json(tf.train.Example.FromString(serialized))
+        yield sort_key, ingest.rejected_line(paths[sort_key[0]], sort_key[1], reason, features)
+
+
+class ScoreExamples(beam.PTransform):
+    """((sort key, tracking id), serialized example) → ((sort key, tracking id), PredictionLog).
+
+    RunInference in batches of up to `batch_size`; the records of a failed batch are scored again
+    one at a time, and those that fail alone come out tagged `rejected` as (sort key, line).
+    """
+
+    def __init__(self, model: ModelInfo, batch_size: int, paths: Mapping[int, str]) -> None:
+        super().__init__()
+        self._model = model
+        self._batch_size = batch_size
+        self._paths = dict(paths)
+
+    def _handler(self, batch_size: int) -> inference.ModelHandler:
+        spec = model_spec_pb2.InferenceSpecType(
+            saved_model_spec=model_spec_pb2.SavedModelSpec(
+                model_path=self._model.path, signature_name=[SIGNATURE]
+            ),
+            batch_parameters=model_spec_pb2.BatchParameters(
+                min_batch_size=1, max_batch_size=batch_size
+            ),
+        )
+        return inference.KeyedModelHandler(CreateModelHandler(spec))
+
+    def expand(self, keyed: beam.PCollection) -> dict[str, beam.PCollection]:
+        scored, failed = (
+            keyed
+            | "RunInference"
+            >> inference.RunInference(self._handler(self._batch_size)).with_exception_handling()
+        )
+        retried, failed_alone = (
+            failed.failed_inferences
+            | "FailedBatchRecords" >> beam.FlatMap(lambda failure: failure[0])
+            | "RunInferenceOneByOne"
+            >> inference.RunInference(self._handler(1)).with_exception_handling()
+        )
+        rejected = failed_alone.failed_inferences | "RejectFailed" >> beam.FlatMap(
+            _failed_lines, self._paths
+        )
+        predictions = (scored, retried) | "FlattenScored" >> beam.Flatten()
+        return {"predictions": predictions, "rejected": rejected}
+
+
+class _FormatPrediction(beam.DoFn):
+    """((sort key, id), log) → a JSON line and a serialized log, each keyed for its shard."""
+
+    def __init__(self, model: ModelInfo, num_shards: int) -> None:
+        self._model = model
+        self._num_shards = num_shards
+        self._predicted = beam.metrics.Metrics.counter(STAGE, ROWS_PREDICTED)
+
+    def process(self, scored: tuple[tuple[SortKey, str], Any]) -> Iterator[Any]:
+        (sort_key, tracking), log = scored
+        self._predicted.inc()
+        shard = ingest.fingerprint(tracking.encode("utf-8")) % self._num_shards
+        record = prediction_record(tracking, self._model, log)
+        line = json.dumps(record, sort_keys=True)
+        yield (PREDICTIONS_DIR, shard), (sort_key, line)
+        yield beam.pvalue.TaggedOutput(
+            PREDICTION_LOGS_DIR,
+            ((PREDICTION_LOGS_DIR, shard), (sort_key, log.SerializeToString(deterministic=True))),
+        )
+
+
+def build_pipeline(pipeline: beam.Pipeline, plan: InferPlan, staging_dir: str) -> None:
+    """Adds the infer graph to `pipeline`: predictions, logs, rejects, counts in `staging_dir`."""
+    paths = {item.index: item.path for item in plan.files}
+    converted = pipeline | "ReadExamples" >> ingest.RawRowsToExamples(
+        plan.files, plan.input_format, plan.schema_types, stage=STAGE
+    )
+    identified = converted["examples"] | "AssignTrackingIds" >> beam.ParDo(
+        _AssignTrackingId(plan.files, plan.id_column)
+    ).with_outputs(ingest.REJECTED_DIR, main="keyed")
+    scored = identified.keyed | "Score" >> ScoreExamples(plan.model, plan.batch_size, paths)
+    formatted = scored["predictions"] | "FormatPredictions" >> beam.ParDo(
+        _FormatPrediction(plan.model, plan.num_shards)
+    ).with_outputs(PREDICTION_LOGS_DIR, main=PREDICTIONS_DIR)
+    written = formatted[PREDICTIONS_DIR] | "WritePredictions" >> ingest.WriteSortedShards(
+        staging_dir, lambda _: plan.num_shards, _PREDICTIONS_FILE, ingest.write_jsonl_shard
+    )
+    logs_written = formatted[PREDICTION_LOGS_DIR] | "WriteLogs" >> ingest.WriteSortedShards(
+        staging_dir, lambda _: plan.num_shards, _LOGS_FILE, ingest.write_tfrecord_shard
+    )
+    rejected = (
+        (converted["rejected"], identified[ingest.REJECTED_DIR], scored["rejected"])
+        | "FlattenRejected" >> beam.Flatten()
+        | "KeyRejected" >> beam.Map(lambda keyed: ((ingest.REJECTED_DIR, 0), keyed))
+        | "WriteRejected"
+        >> ingest.WriteSortedShards(
+            staging_dir, lambda _: 1, (ingest.REJECTED_DIR, ".jsonl"), ingest.write_jsonl_shard
+        )
+    )
+    read_count = (
+        converted["rows"]
+        | "CountRowsRead" >> beam.combiners.Count.Globally()
+        | "KeyRowsRead" >> beam.Map(lambda count: (ingest.ROWS_READ, count))
+    )
+    counts_path = FileSystems.join(staging_dir, _COUNTS_FILE)
+    _ = (
+        (read_count, written, logs_written, rejected)
+        | "FlattenCounts" >> beam.Flatten()
+        | "SumCounts" >> beam.CombinePerKey(sum)
+        | "CountsToDict" >> beam.combiners.ToDict()
+        | "WriteCounts" >> beam.Map(lambda counts: artifacts.write_json(counts_path, counts))
+    )
+
+
+def plan_infer(config: InferConfig) -> InferPlan:
+    """Resolves the model and the input as ingest would (files, format, column types, shards).
+
+    Raises:
+        cli.JobError: no model, no input file, an unknown format, a CSV without `--id_column`.
+    """
+    model = resolve_model(config.model_dir, config.model_name)
+    if not config.schema:
+        logging.warning(
+            "infer: no --schema, so column types are inferred from this input alone; pass the "
+            "schema the training data was ingested with so every column is typed as in training"
+        )
+    input_plan = ingest.plan_ingest(
+        ingest.IngestConfig(
+            input=config.input,
+            output_dir=config.output_dir,
+            input_format=config.input_format,
+            schema=config.schema,
+        )
+    )
+    if config.id_column and input_plan.input_format == records.CSV:
+        header = records.read_csv_header(input_plan.files[0].path)
+        if config.id_column not in header:
+            raise cli.JobError(
+                f"--id_column={config.id_column} is not a column of {input_plan.files[0].path} "
+                f"(columns: {', '.join(header)})"
+            )
+    return InferPlan(
+        model=model,
+        files=input_plan.files,
+        input_format=input_plan.input_format,
+        schema_types=input_plan.schema_types,
+        num_shards=input_plan.num_shards,
+        id_column=config.id_column,
+        batch_size=config.batch_size,
+    )
+
+
+def _complete_shards(staging_dir: str, num_shards: int) -> None:
+    """Writes empty files where no row fell, so every shard named exists."""
+    for (prefix, suffix), write in (
+        (_PREDICTIONS_FILE, ingest.write_jsonl_shard),
+        (_LOGS_FILE, ingest.write_tfrecord_shard),
+        ((ingest.REJECTED_DIR, ".jsonl"), ingest.write_jsonl_shard),
+    ):
+        shards = 1 if prefix == ingest.REJECTED_DIR else num_shards
+        for shard in range(shards):
+            directory = FileSystems.join(staging_dir, prefix)
+            path = ingest.shard_path(directory, prefix, shard, shards, suffix)
+            if not FileSystems.exists(path):
+                write(path, [])
+
+
+def _read_counts(staged: artifacts.StagedOutput, config: InferConfig) -> dict[str, int]:
+    """Rows read, predicted and rejected, checked to add up.
+
+    Raises:
+        cli.JobError: the counts do not add up, or there was no row.
+    """
+    counts_path = staged.path(_COUNTS_FILE)
+    raw = artifacts.read_json(counts_path)
+    FileSystems.delete([counts_path])
+    counts = {
+        ingest.ROWS_READ: raw.get(ingest.ROWS_READ, 0),
+        ROWS_PREDICTED: raw.get(PREDICTIONS_DIR, 0),
+        ingest.ROWS_REJECTED: raw.get(ingest.REJECTED_DIR, 0),
+    }
+    read, predicted = counts[ingest.ROWS_READ], counts[ROWS_PREDICTED]
+    if read != predicted + counts[ingest.ROWS_REJECTED] or raw.get(PREDICTION_LOGS_DIR, 0) != (
+        predicted
+    ):
+        raise cli.JobError(
+            f"counts do not add up: {raw}; nothing was published to {config.output_dir}"
+        )
+    if read == 0:
+        raise cli.JobError(f"--input={config.input} holds no rows")
+    return counts
+
+
+def run(config: InferConfig, options: PipelineOptions) -> dict[str, Any]:
+    """Runs the infer job and publishes its output directory.
+
+    Returns:
+        The manifest written to `<output_dir>/manifest.json`.
+
+    Raises:
+        cli.JobError: bad model or input, or more rejected rows than `max_rejected_fraction`
+            allows (then the output is moved into place without a manifest, for inspection).
+    """
+    plan = plan_infer(config)
+    logging.info(
+        "infer: model %s version %s (%s), %d %s file(s)",
+        plan.model.name,
+        plan.model.version,
+        plan.model.path,
+        len(plan.files),
+        plan.input_format,
+    )
+    with artifacts.StagedOutput(config.output_dir, STAGE) as staged:
+        with beam.Pipeline(options=options) as pipeline:
+            build_pipeline(pipeline, plan, staged.staging_dir)
+        counts = _read_counts(staged, config)
+        _complete_shards(staged.staging_dir, plan.num_shards)
+        read, rejected = counts[ingest.ROWS_READ], counts[ingest.ROWS_REJECTED]
+        if rejected > config.max_rejected_fraction * read:
+            staged.publish(inputs={}, parameters={}, counts={}, complete=False)
+            raise cli.JobError(
+                f"{rejected} of {read} rows rejected ({rejected / read:.2%}), more than "
+                f"--max_rejected_fraction={config.max_rejected_fraction}; reasons in "
+                f"{FileSystems.join(config.output_dir, ingest.REJECTED_DIR)}/"
+            )
+        manifest = staged.publish(
+            inputs={
+                "raw": [artifacts.file_fingerprint(item.path) for item in plan.files],
+                "model": {"path": plan.model.path, "fingerprint": plan.model.fingerprint},
+            },
+            parameters={
+                **dataclasses.asdict(config),
+                "input_format": plan.input_format,
+                "num_shards": plan.num_shards,
+            },
+            counts=counts,
+            extra={"model": dataclasses.asdict(plan.model)},
+        )
+    logging.info("infer: %s -> %s", counts, config.output_dir)
+    return manifest
+
+
+@cli.beam_job_command(__doc__.split("\n\n")[0])
+@click.option(
+    "--model_dir",
+    required=True,
+    help="SavedModel directory, or a serving dir (<dir>/<version>/) to use its newest version.",
+)
+@click.option("--input", "input_pattern", required=True, help="File pattern of raw records.")
+@click.option(
+    "--output_dir",
+    required=True,
+    help="Directory to write predictions/, prediction_logs/, rejected/ and manifest.json.",
+)
+@click.option(
+    "--format",
+    "input_format",
+    type=click.Choice(records.FORMATS),
+    default=None,
+    help="Input format [default: from the file extension].",
+)
+@click.option(
+    "--id_column",
+    default=None,
+    help="Column whose value is the tracking id [default: a hash of the record].",
+)
+@click.option(
+    "--schema",
+    default=None,
+    help="TFDV schema.pbtxt giving column types, as at ingest: pass the training data's schema.",
+)
+@click.option(
+    "--model_name", default=None, help="Model name in predictions [default: the model's folder]."
+)
+@click.option(
+    "--batch_size",
+    type=click.IntRange(min=1),
+    default=DEFAULT_BATCH_SIZE,
+    help="Most records per model call.",
+)
+@click.option(
+    "--max_rejected_fraction",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.0,
+    help="Fail (exit 1) when more than this fraction of rows is rejected.",
+)
+def main(
+    model_dir: str,
+    input_pattern: str,
+    output_dir: str,
+    input_format: str | None,
+    id_column: str | None,
+    schema: str | None,
+    model_name: str | None,
+    batch_size: int,
+    max_rejected_fraction: float,
+    beam_args: tuple[str, ...],
+) -> None:
+    config = InferConfig(
+        model_dir=model_dir,
+        input=input_pattern,
+        output_dir=output_dir,
+        input_format=input_format,
+        id_column=id_column,
+        schema=schema,
+        model_name=model_name,
+        batch_size=batch_size,
+        max_rejected_fraction=max_rejected_fraction,
+    )
+    run(config, cli.pipeline_options(beam_args))
+
+
+if __name__ == "__main__":
+    main()

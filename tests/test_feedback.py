@@ -1,0 +1,274 @@
+"""Tests of the feedback job: the labelling rules, and real predictions relabelled into a span."""
+
+from __future__ import annotations
+
+import datetime
+import json
+
+import pytest
+import tensorflow as tf
+from click.testing import CliRunner
+
+from beam_jobs import artifacts, feedback, infer, statistics, validate
+from tests.conftest import CURATED_SCHEMA, direct_options
+from tests.test_infer import read_jsonl
+
+MIN_IMPLICIT = 3
+UTC = datetime.UTC
+
+
+def event(kind: str, label: int | None = None, day: int | None = None, line: int = 0):
+    timestamp = datetime.datetime(2024, 1, day, tzinfo=UTC) if day else None
+    return feedback.Event("id", kind, label, timestamp, (0, line))
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("Yes", 1), ("no", 0), ("1", 1), (0, 0), (True, 1), (b"false", 0), ("YES", 1), ("No", 0)],
+)
+def test_parse_label_accepts_the_usual_spellings(value, expected):
+    assert feedback.parse_label(value, "Yes", "No") == expected
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"kind": "label", "value": "Yes"}, "no tracking_id"),
+        ({"tracking_id": "1", "kind": "thumbs_up"}, "unknown kind 'thumbs_up'"),
+        ({"tracking_id": "1", "kind": "label", "value": "maybe"}, "'maybe' is not a label"),
+        ({"tracking_id": "1", "kind": "correction"}, "None is not a label"),
+        ({"tracking_id": "1", "kind": "wrong", "timestamp": "today"}, "not ISO 8601"),
+    ],
+)
+def test_parse_event_rejects_with_reasons(values, message):
+    with pytest.raises(ValueError, match=message):
+        feedback.parse_event(values, "Yes", "No")
+
+
+def test_parse_event_reads_ids_kinds_values_and_times():
+    parsed = feedback.parse_event(
+        {"tracking_id": 1290580, "kind": b"Correction", "value": "No", "timestamp": "2024-01-02"},
+        "Yes",
+        "No",
+    )
+    assert (parsed.tracking_id, parsed.kind, parsed.label) == ("1290580", "correction", 0)
+    assert parsed.timestamp == datetime.datetime(2024, 1, 2, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("score", "events", "expected"),
+    [
+        (0.2, [event("label", 1)], feedback.Decision(1, "label")),
+        (0.9, [event("correction", 0)], feedback.Decision(0, "correction")),
+        # The latest explicit event wins, by timestamp, then by input order.
+        (
+            0.2,
+            [event("label", 1, day=1), event("correction", 0, day=2)],
+            feedback.Decision(0, "correction"),
+        ),
+        (
+            0.2,
+            [event("correction", 0, day=2), event("label", 1, day=3)],
+            feedback.Decision(1, "label"),
+        ),
+        (
+            0.2,
+            [event("label", 1, line=1), event("label", 0, line=2)],
+            feedback.Decision(0, "label"),
+        ),
+        # "wrong" flips the predicted label; a score of 0.5 predicts the positive label.
+        (0.2, [event("wrong")], feedback.Decision(1, "wrong")),
+        (0.7, [event("wrong")], feedback.Decision(0, "wrong")),
+        (0.5, [event("wrong")], feedback.Decision(0, "wrong")),
+        (0.2, [event("wrong"), event("label", 0)], feedback.Decision(0, "label")),
+        (0.7, [event("wrong")] + [event("implicit")] * 5, feedback.Decision(0, "wrong")),
+        # Implicit events make a positive only at the threshold; never a negative.
+        (0.2, [event("implicit")] * 2, None),
+        (0.2, [event("implicit")] * 3, feedback.Decision(1, "implicit")),
+        (0.9, [event("implicit")] * 4, feedback.Decision(1, "implicit")),
+        (0.9, [], None),
+    ],
+)
+def test_decide_label_follows_the_rules(score, events, expected):
+    assert feedback.decide_label(score, events, MIN_IMPLICIT) == expected
+
+
+def test_wrong_needs_a_binary_prediction():
+    with pytest.raises(ValueError, match="binary prediction"):
+        feedback.decide_label([0.1, 0.9], [event("wrong")], MIN_IMPLICIT)
+
+
+def test_labelled_example_keeps_what_the_model_saw_and_sets_the_label():
+    features = {"product": ["Mortgage"], "complaint_id": [7], "consumer_disputed": ["Yes"]}
+    example = tf.train.Example.FromString(
+        feedback.labelled_example(features, "consumer_disputed", b"No")
+    )
+    assert infer.example_to_json(example) == {**features, "consumer_disputed": ["No"]}
+
+
+def _feedback_lines(ids: list[str]) -> tuple[list[dict], dict[str, tuple[str, str]]]:
+    """Feedback on the predictions `ids`, and the (label, rule) each labelled id must get."""
+    lines: list[dict] = []
+    expected: dict[str, tuple[str, str]] = {}
+
+    def add(tracking, kind, value=None, timestamp=None):
+        lines.append(
+            {"tracking_id": tracking, "kind": kind, "value": value, "timestamp": timestamp}
+        )
+
+    add(ids[0], "label", "Yes")
+    add(ids[1], "label", "0")
+    add(ids[2], "label", True)
+    add(ids[3], "correction", "No")
+    add(ids[4], "label", "Yes", "2024-01-01T10:00:00")
+    add(ids[4], "correction", "No", "2024-01-02T10:00:00Z")
+    add(ids[5], "label", "yes", "2024-01-03T00:00:00+00:00")
+    add(ids[5], "correction", "No", "2024-01-02T00:00:00")
+    add(ids[6], "wrong")
+    add(ids[7], "wrong")
+    for tracking, count in ((ids[7], 5), (ids[8], 2), (ids[9], 3), (ids[10], 4)):
+        for _ in range(count):
+            add(tracking, "implicit")
+    add(ids[11], "wrong")
+    add(ids[11], "label", "No")
+    add("no-such-id-1", "label", "Yes")
+    add("no-such-id-2", "implicit")
+    add(ids[12], "thumbs_up")
+    add(ids[13], "label", "maybe")
+    add(ids[14], "label", "Yes", "yesterday")
+    add(None, "label", "Yes")
+    expected.update(
+        {
+            ids[0]: ("Yes", "label"),
+            ids[1]: ("No", "label"),
+            ids[2]: ("Yes", "label"),
+            ids[3]: ("No", "correction"),
+            ids[4]: ("No", "correction"),
+            ids[5]: ("Yes", "label"),
+            ids[9]: ("Yes", "implicit"),
+            ids[10]: ("Yes", "implicit"),
+            ids[11]: ("No", "label"),
+        }
+    )
+    for index, tracking in enumerate(ids[20:80]):
+        value = "Yes" if index % 3 == 0 else "No"
+        add(tracking, "label", value)
+        expected[tracking] = (value, "label")
+    return lines, expected
+
+
+def test_real_feedback_becomes_a_span_that_validates(predictions_2015, tmp_path):
+    predictions = {p["tracking_id"]: p for p in read_jsonl(predictions_2015 / "predictions")}
+    ids = sorted(predictions)
+    lines, expected = _feedback_lines(ids)
+    for tracking in (ids[6], ids[7]):  # "wrong" flips the predicted label
+        expected[tracking] = ("No" if predictions[tracking]["score"] >= 0.5 else "Yes", "wrong")
+    source = tmp_path / "feedback.jsonl"
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    output_dir = tmp_path / "span"
+    config = feedback.FeedbackConfig(
+        predictions=str(predictions_2015),
+        feedback=str(source),
+        output_dir=str(output_dir),
+        min_implicit_events=MIN_IMPLICIT,
+    )
+    counts = feedback.run(config, direct_options())["counts"]
+    written = counts.pop("rows_written")
+    assert counts == {
+        "feedback_rows_read": 92,
+        "feedback_rows_used": 86,
+        "feedback_rows_unmatched": 2,
+        "feedback_rows_rejected": 4,
+        "predictions_read": len(predictions),
+        "ids_labelled": 71,
+        "ids_without_label": 1,
+        "labels_by_rule": {"label": 65, "correction": 2, "wrong": 2, "implicit": 2},
+    }
+    assert set(written) == {"train", "eval"} and sum(written.values()) == 71
+
+    examples = {}
+    for split in ("train", "eval"):
+        for path in sorted((output_dir / split).glob("data-*.tfrecord.gz")):
+            for record in artifacts.read_tfrecords(str(path)):
+                features = infer.example_to_json(tf.train.Example.FromString(record))
+                examples[str(features["complaint_id"][0])] = features
+    assert {i: e["consumer_disputed"] for i, e in examples.items()} == {
+        i: [label] for i, (label, _) in expected.items()
+    }
+    for tracking, features in examples.items():
+        seen = dict(
+            predictions[tracking]["features"], consumer_disputed=features["consumer_disputed"]
+        )
+        assert features == seen
+
+    provenance = {p["tracking_id"]: p for p in read_jsonl(output_dir / "provenance")}
+    assert {i: (p["label"], p["rule"]) for i, p in provenance.items()} == expected
+    model = artifacts.read_manifest(str(predictions_2015))["model"]
+    assert {p["model_version"] for p in provenance.values()} == {model["version"]}
+    unmatched = read_jsonl(output_dir / "unmatched")
+    assert [u["row"]["tracking_id"] for u in unmatched] == ["no-such-id-1", "no-such-id-2"]
+    reasons = [r["reason"] for r in read_jsonl(output_dir / "rejected")]
+    assert len(reasons) == 4
+    assert "unknown kind 'thumbs_up'" in reasons[0] and "no tracking_id" in reasons[3]
+
+    stats_dir, validation_dir = tmp_path / "stats", tmp_path / "validation"
+    result = CliRunner().invoke(
+        statistics.main, [f"--examples_dir={output_dir}", f"--output_dir={stats_dir}"]
+    )
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(
+        validate.main,
+        [
+            f"--statistics_dir={stats_dir}",
+            f"--schema={CURATED_SCHEMA}",
+            f"--output_dir={validation_dir}",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+
+
+def test_csv_feedback_and_cli(predictions_2015, tmp_path):
+    ids = sorted(p["tracking_id"] for p in read_jsonl(predictions_2015 / "predictions"))[:2]
+    source = tmp_path / "feedback.csv"
+    source.write_text(
+        "tracking_id,kind,value,timestamp\n"
+        f"{ids[0]},correction,Yes,2024-05-01T12:00:00\n"
+        f"{ids[1]},implicit,,\n"
+        f"{ids[1]},implicit,,\n"
+        "unknown,label,No,\n"
+    )
+    output_dir = tmp_path / "out"
+    result = CliRunner().invoke(
+        feedback.main,
+        [
+            f"--predictions={predictions_2015}",
+            f"--feedback={source}",
+            f"--output_dir={output_dir}",
+            "--min_implicit_events=2",
+            "--splits=all:1",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    manifest = artifacts.read_manifest(str(output_dir))
+    assert manifest["splits"] == ["all"]
+    assert manifest["counts"]["rows_written"] == {"all": 2}
+    assert manifest["counts"]["labels_by_rule"]["implicit"] == 1
+    assert manifest["counts"]["feedback_rows_unmatched"] == 1
+    help_text = CliRunner().invoke(feedback.main, ["--help"]).output
+    for flag in ("--predictions", "--feedback", "--min_implicit_events", "--splits"):
+        assert flag in help_text
+
+
+def test_predictions_without_manifest_are_refused(tmp_path):
+    (tmp_path / "half").mkdir()
+    (tmp_path / "fb.jsonl").write_text("{}\n")
+    result = CliRunner().invoke(
+        feedback.main,
+        [
+            f"--predictions={tmp_path / 'half'}",
+            f"--feedback={tmp_path / 'fb.jsonl'}",
+            f"--output_dir={tmp_path / 'out'}",
+        ],
+    )
+    assert result.exit_code == 1
+    assert "no manifest.json" in result.output

@@ -1,0 +1,198 @@
+"""Tests of the infer job: RunInference scores equal serving_default's, on the real 2015 data."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import pathlib
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from click.testing import CliRunner
+from tensorflow_serving.apis import prediction_log_pb2
+
+from beam_jobs import artifacts, cli, infer, records
+from tests.conftest import CURATED_SCHEMA, DEMO_TRAIN_STEPS, direct_options
+
+_SERVE_BATCH = 2048
+
+
+def read_jsonl(directory: pathlib.Path) -> list[dict]:
+    """Every JSON line of the files of one output folder, in file order."""
+    return [
+        json.loads(line)
+        for path in sorted(directory.glob("*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
+
+
+def serve(model_dir: pathlib.Path, examples: list[bytes]) -> np.ndarray:
+    """`serving_default` called directly, as TF Serving would: one score per serialized example."""
+    signature = tf.saved_model.load(str(model_dir)).signatures[infer.SIGNATURE]
+    scores = [
+        signature(examples=tf.constant(examples[start : start + _SERVE_BATCH]))[infer.OUTPUT_KEY]
+        for start in range(0, len(examples), _SERVE_BATCH)
+    ]
+    return np.concatenate([score.numpy() for score in scores]).ravel()
+
+
+def test_json_features_round_trip_to_the_same_example():
+    example = records.encode_example(
+        {"text": b"caf\xc3\xa9", "raw": b"\xff\xfe", "ids": [1, -2], "floats": [0.5, 2.0]},
+        {"floats": records.ColumnType.FLOAT},
+    )
+    features = infer.example_to_json(example)
+    assert features["ids"] == [1, -2] and features["floats"] == [0.5, 2.0]
+    back = infer.example_from_json(json.loads(json.dumps(features)))
+    assert back.SerializeToString(deterministic=True) == example.SerializeToString(
+        deterministic=True
+    )
+
+
+def test_tracking_id_is_the_id_column_or_a_stable_hash():
+    example = records.encode_example({"complaint_id": "42", "product": "Mortgage"}, {})
+    serialized = example.SerializeToString(deterministic=True)
+    assert infer.tracking_id(example, serialized, "complaint_id") == "42"
+    hashed = infer.tracking_id(example, serialized, None)
+    assert len(hashed) == 32 and hashed == infer.tracking_id(example, serialized, None)
+    with pytest.raises(ValueError, match="--id_column=state: needs one value, found 0"):
+        infer.tracking_id(example, serialized, "state")
+
+
+def test_eval_split_scores_equal_serving_default(
+    predictions_2015, trained_2015_steps, ingested_2015_curated
+):
+    model_dir = trained_2015_steps(DEMO_TRAIN_STEPS)
+    manifest = artifacts.read_manifest(str(predictions_2015))
+    eval_rows = artifacts.read_manifest(str(ingested_2015_curated))["counts"]["rows_written"]
+    assert manifest["counts"] == {
+        "rows_read": eval_rows["eval"],
+        "rows_predicted": eval_rows["eval"],
+        "rows_rejected": 0,
+    }
+    assert manifest["model"] == {
+        "path": str(model_dir),
+        "name": "serving_model",
+        "version": int(model_dir.name),
+        "fingerprint": artifacts.directory_fingerprint(str(model_dir)),
+    }
+    predictions = read_jsonl(predictions_2015 / infer.PREDICTIONS_DIR)
+    scored = {record["tracking_id"]: record["score"] for record in predictions}
+    assert len(scored) == len(predictions) == eval_rows["eval"]
+
+    raw = [
+        record
+        for path in sorted((ingested_2015_curated / "eval").glob("data-*.tfrecord.gz"))
+        for record in artifacts.read_tfrecords(str(path))
+    ]
+    ids = [
+        str(tf.train.Example.FromString(r).features.feature["complaint_id"].int64_list.value[0])
+        for r in raw
+    ]
+    direct = serve(model_dir, raw)
+    difference = np.abs(direct - np.array([scored[i] for i in ids]))
+    print(f"scored {len(raw)} eval rows; max |infer - serving_default| = {difference.max():.2e}")
+    assert difference.max() <= 1e-6
+
+    logs = [
+        prediction_log_pb2.PredictionLog.FromString(record)
+        for path in sorted((predictions_2015 / infer.PREDICTION_LOGS_DIR).glob("*.tfrecord.gz"))
+        for record in artifacts.read_tfrecords(str(path))
+    ]
+    assert len(logs) == len(predictions)
+    first_input = logs[0].predict_log.request.inputs["examples"].string_val[0]
+    assert (
+        infer.example_to_json(tf.train.Example.FromString(first_input))
+        == predictions[0]["features"]
+    )
+    assert infer.score_of(logs[0]) == predictions[0]["score"]
+
+
+def _small_csv(cfpb_2015_csv: pathlib.Path, path: pathlib.Path, rows: int) -> pathlib.Path:
+    """The first `rows` rows of the 2015 data, one without a product, one with 5 fields."""
+    with cfpb_2015_csv.open(newline="", encoding="utf-8") as handle:
+        lines = list(itertools.islice(csv.reader(handle), rows + 1))
+    lines[5][2] = ""
+    lines[9] = lines[9][:5]
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows(lines)
+    return path
+
+
+def test_serving_dir_newest_version_hash_ids_and_rejects(
+    tmp_path, trained_2015_steps, cfpb_2015_csv
+):
+    serving = tmp_path / "complaints"
+    for version in (7, 12):
+        shutil.copytree(trained_2015_steps(DEMO_TRAIN_STEPS), serving / str(version))
+    source = _small_csv(cfpb_2015_csv, tmp_path / "new.csv", 60)
+    output_dir = tmp_path / "out"
+    manifest = infer.run(
+        infer.InferConfig(
+            model_dir=str(serving),
+            input=str(source),
+            output_dir=str(output_dir),
+            schema=str(CURATED_SCHEMA),
+            batch_size=16,
+            max_rejected_fraction=0.1,
+        ),
+        direct_options(),
+    )
+    assert manifest["model"]["name"] == "complaints" and manifest["model"]["version"] == 12
+    assert manifest["counts"] == {"rows_read": 60, "rows_predicted": 58, "rows_rejected": 2}
+    rejected = read_jsonl(output_dir / "rejected")
+    assert [(r["line"], r["reason"]) for r in rejected] == [
+        (
+            6,
+            "inference failed: InvalidArgumentError: Feature: product "
+            "(data type: string) is required but could not be found.",
+        ),
+        (10, "expected 13 fields, found 5"),
+    ]
+    predictions = read_jsonl(output_dir / infer.PREDICTIONS_DIR)
+    assert {p["model_version"] for p in predictions} == {12}
+    first = infer.example_from_json(predictions[0]["features"])
+    serialized = first.SerializeToString(deterministic=True)
+    assert predictions[0]["tracking_id"] == infer.tracking_id(first, serialized, None)
+    assert predictions[0]["features"]["zip_code"] == ["76119"]  # text, as the schema says
+
+
+def test_without_schema_a_numeric_zip_code_is_rejected_by_the_model(
+    tmp_path, trained_2015_steps, cfpb_2015_csv
+):
+    with cfpb_2015_csv.open(encoding="utf-8") as handle:
+        head = [next(handle) for _ in range(4)]
+    source = tmp_path / "numeric_zips.csv"
+    source.write_text("".join(head), encoding="utf-8")
+    result = CliRunner().invoke(
+        infer.main,
+        [
+            f"--model_dir={trained_2015_steps(DEMO_TRAIN_STEPS)}",
+            f"--input={source}",
+            f"--output_dir={tmp_path / 'out'}",
+        ],
+    )
+    assert result.exit_code == cli.EXIT_ERROR
+    assert "3 of 3 rows rejected" in result.output
+    reasons = {r["reason"] for r in read_jsonl(tmp_path / "out" / "rejected")}
+    assert reasons == {
+        "inference failed: InvalidArgumentError: Key: zip_code, Index: 0.  Data types don't "
+        "match. Expected type: string, Actual type: int64"
+    }
+
+
+def test_cli_flags_and_a_directory_without_a_model(tmp_path):
+    help_text = CliRunner().invoke(infer.main, ["--help"]).output
+    for flag in ("--model_dir", "--input", "--format", "--output_dir", "--id_column", "--schema"):
+        assert flag in help_text
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(
+        infer.main,
+        [f"--model_dir={tmp_path / 'empty'}", "--input=x.csv", f"--output_dir={tmp_path / 'o'}"],
+    )
+    assert result.exit_code == cli.EXIT_ERROR
+    assert "neither a SavedModel" in result.output
+    assert len(result.output.strip().splitlines()) == 1
