@@ -209,6 +209,7 @@ def _callbacks(
             delete_checkpoint=False,
         ),
         step_control,
+        tf.keras.callbacks.TerminateOnNaN(),
         tf.keras.callbacks.TensorBoard(FileSystems.join(config.output_dir, LOGS_DIR)),
     ]
     if config.early_stopping_patience:
@@ -414,6 +415,11 @@ def _fit(
     eval_metrics = keras_model.evaluate(
         eval_data, steps=config.eval_steps, return_dict=True, verbose=0
     )
+    if any(math.isnan(value) for value in eval_metrics.values()):
+        raise cli.JobError(
+            f"training diverged: eval metrics {eval_metrics}; lower the learning rate (--hparams) "
+            "or check the inputs for NaN"
+        )
     steps = int(keras_model.optimizer.iterations.numpy())
     logging.info(
         "train: %d steps (%d in this run), eval %s",
