@@ -1,0 +1,328 @@
+"""The evaluation's page for people: verdict, thresholds, metrics per slice, TFMA's plots.
+
+Plain functions from TFMA's result protos (`MetricsForSlice`, `PlotsForSlice`) and the blessing
+record to one standalone HTML page, readable offline and without Jupyter: tables of the metrics of
+every slice, fairness indicators per slice, and the plots TFMA computes (ROC and precision-recall
+curves from its confusion matrices at thresholds, the calibration plot from its histogram) drawn
+with matplotlib's Agg renderer and embedded as PNG data. The page layout is `reports`' own.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import io
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import tensorflow_model_analysis as tfma
+from matplotlib.figure import Figure
+from tensorflow_model_analysis.proto import metrics_for_slice_pb2
+from tensorflow_model_analysis.slicer import slicer_lib
+
+from beam_jobs import reports
+
+__all__ = [
+    "OVERALL",
+    "Curves",
+    "SlicedValues",
+    "calibration_points",
+    "curves_by_model",
+    "evaluation_html",
+    "metric_label",
+    "plot_png",
+    "pr_points",
+    "roc_points",
+    "slice_name",
+    "sliced_values",
+]
+
+OVERALL = "overall"
+FAIRNESS_PREFIX = "fairness_indicators_metrics/"
+# Fairness indicators shown per slice (TFMA computes more; these two are the book's).
+FAIRNESS_SHOWN = {"false_positive_rate": "FPR", "false_negative_rate": "FNR"}
+_DPI = 100
+
+MetricsForSlice = metrics_for_slice_pb2.MetricsForSlice
+PlotsForSlice = metrics_for_slice_pb2.PlotsForSlice
+
+
+@dataclasses.dataclass(frozen=True)
+class SlicedValues:
+    """The scalar metrics of one slice, by TFMA metric key (NaN where TFMA has no number)."""
+
+    slice_key: tuple
+    name: str
+    values: dict[tfma.metrics.MetricKey, float]
+
+
+@dataclasses.dataclass
+class Curves:
+    """One model's plot data on one slice: ROC, precision-recall and calibration points."""
+
+    roc: list[tuple[float, float]] = dataclasses.field(default_factory=list)
+    pr: list[tuple[float, float]] = dataclasses.field(default_factory=list)
+    calibration: list[tuple[float, float, float]] = dataclasses.field(default_factory=list)
+
+
+def slice_name(slice_key: tuple) -> str:
+    """`overall`, or `product=Debt collection` (columns joined by `, ` for crossed features)."""
+    if not slice_key:
+        return OVERALL
+    parts = []
+    for column, value in slice_key:
+        text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+        parts.append(f"{column}={text}")
+    return ", ".join(parts)
+
+
+def _scalar(value: metrics_for_slice_pb2.MetricValue) -> float | None:
+    """A metric's number (a confidence interval's point estimate), None for non-scalars."""
+    if value.HasField("double_value"):
+        return value.double_value.value
+    if value.HasField("bounded_value"):
+        return value.bounded_value.value.value
+    return None
+
+
+def sliced_values(metrics: Iterable[MetricsForSlice]) -> list[SlicedValues]:
+    """The scalar metrics of every single (not crossed) slice, overall first, then by name."""
+    result = []
+    for sliced in metrics:
+        if sliced.HasField("cross_slice_key"):
+            continue
+        slice_key = slicer_lib.deserialize_slice_key(sliced.slice_key)
+        values = {}
+        for item in sliced.metric_keys_and_values:
+            number = _scalar(item.value)
+            if number is not None:
+                values[tfma.metrics.MetricKey.from_proto(item.key)] = number
+        result.append(SlicedValues(slice_key, slice_name(slice_key), values))
+    return sorted(result, key=lambda item: (bool(item.slice_key), item.name))
+
+
+def metric_label(key: tfma.metrics.MetricKey) -> str:
+    """A metric's readable name: its TFMA name, with its sub key (`top_k:3`) if any."""
+    return f"{key.name} ({key.sub_key})" if key.sub_key else key.name
+
+
+def roc_points(
+    matrices: Sequence[metrics_for_slice_pb2.ConfusionMatrixAtThresholds.ConfusionMatrix],
+) -> list[tuple[float, float]]:
+    """(false positive rate, true positive rate) per threshold, from (0, 0) to (1, 1)."""
+    points = {(0.0, 0.0), (1.0, 1.0)}
+    for matrix in matrices:
+        negatives = matrix.false_positives + matrix.true_negatives
+        positives = matrix.true_positives + matrix.false_negatives
+        if negatives and positives:
+            points.add((matrix.false_positives / negatives, matrix.true_positives / positives))
+    return sorted(points)
+
+
+def pr_points(
+    matrices: Sequence[metrics_for_slice_pb2.ConfusionMatrixAtThresholds.ConfusionMatrix],
+) -> list[tuple[float, float]]:
+    """(recall, precision) per threshold at which the model predicts any positive."""
+    points = set()
+    for matrix in matrices:
+        predicted = matrix.true_positives + matrix.false_positives
+        positives = matrix.true_positives + matrix.false_negatives
+        if predicted and positives:
+            points.add((matrix.true_positives / positives, matrix.true_positives / predicted))
+    return sorted(points)
+
+
+def calibration_points(
+    buckets: Sequence[metrics_for_slice_pb2.CalibrationHistogramBuckets.Bucket],
+) -> list[tuple[float, float, float]]:
+    """(mean prediction, mean label, examples) of every non-empty calibration bucket."""
+    points = []
+    for bucket in buckets:
+        count = bucket.num_weighted_examples.value
+        if count > 0:
+            points.append(
+                (
+                    bucket.total_weighted_refined_prediction.value / count,
+                    bucket.total_weighted_label.value / count,
+                    count,
+                )
+            )
+    return points
+
+
+def curves_by_model(plots: Iterable[PlotsForSlice]) -> dict[str, dict[str, Curves]]:
+    """Plot points by slice name, then by model name (`""` for a single model)."""
+    result: dict[str, dict[str, Curves]] = {}
+    for sliced in plots:
+        if sliced.HasField("cross_slice_key"):
+            continue
+        name = slice_name(slicer_lib.deserialize_slice_key(sliced.slice_key))
+        for item in sliced.plot_keys_and_values:
+            curves = result.setdefault(name, {}).setdefault(item.key.model_name, Curves())
+            if item.value.HasField("confusion_matrix_at_thresholds"):
+                matrices = item.value.confusion_matrix_at_thresholds.matrices
+                curves.roc, curves.pr = roc_points(matrices), pr_points(matrices)
+            if item.value.HasField("calibration_histogram_buckets"):
+                buckets = item.value.calibration_histogram_buckets.buckets
+                curves.calibration = calibration_points(buckets)
+    return result
+
+
+def plot_png(curves: Mapping[str, Curves], title: str) -> bytes:
+    """ROC, precision-recall and calibration of each model side by side, as a PNG."""
+    figure = Figure(figsize=(15, 4.6), dpi=_DPI, layout="constrained")
+    roc_axes, pr_axes, calibration_axes = figure.subplots(1, 3)
+    for model, item in curves.items():
+        label = model or "model"
+        if item.roc:
+            roc_axes.plot(*zip(*item.roc, strict=True), label=label)
+        if item.pr:
+            pr_axes.plot(*zip(*item.pr, strict=True), label=label)
+        if item.calibration:
+            predicted, observed, _ = zip(*item.calibration, strict=True)
+            calibration_axes.plot(predicted, observed, marker="o", label=label)
+    roc_axes.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
+    calibration_axes.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect")
+    for axes, (x_label, y_label, heading) in zip(
+        (roc_axes, pr_axes, calibration_axes),
+        (
+            ("false positive rate", "true positive rate", "ROC"),
+            ("recall", "precision", "Precision-recall"),
+            ("mean prediction", "observed rate of the label", "Calibration"),
+        ),
+        strict=True,
+    ):
+        axes.set(xlabel=x_label, ylabel=y_label, title=f"{heading}: {title}")
+        axes.grid(alpha=0.3)
+        axes.legend(loc="best")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _image(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return (
+        f'<img alt="{html.escape(alt)}" style="max-width: 100%" src="data:image/png;base64,{data}">'
+    )
+
+
+def _cell(value: float | None) -> Any:
+    return "n/a" if value is None or math.isnan(value) else value
+
+
+def _group(item: SlicedValues) -> str:
+    return ", ".join(column for column, _ in item.slice_key) or OVERALL
+
+
+def _metric_table(
+    slices: Sequence[SlicedValues], candidate: str, baseline: str | None, compared: set[str]
+) -> str:
+    """One row per slice: the candidate's metrics, and baseline and change of `compared` ones."""
+    keys = []
+    for item in slices:
+        for key in item.values:
+            if (
+                key.model_name == candidate
+                and not key.is_diff
+                and not key.name.startswith(FAIRNESS_PREFIX)
+                and key not in keys
+            ):
+                keys.append(key)
+    header = ["slice", *(metric_label(key) for key in keys)]
+    columns = list(keys)
+    if baseline is not None:
+        for key in keys:
+            if key.name in compared:
+                header += [f"{metric_label(key)} baseline", f"{metric_label(key)} change"]
+                columns += [key._replace(model_name=baseline), key._replace(is_diff=True)]
+    rows = [[item.name, *(_cell(item.values.get(key)) for key in columns)] for item in slices]
+    return reports._table(header, rows)
+
+
+def _fairness_table(slices: Sequence[SlicedValues], candidate: str) -> str:
+    """One row per slice: the candidate's false positive and negative rates at each threshold."""
+    keys = sorted(
+        {
+            key
+            for item in slices
+            for key in item.values
+            if key.model_name == candidate
+            and not key.is_diff
+            and key.name.startswith(FAIRNESS_PREFIX)
+            and key.name[len(FAIRNESS_PREFIX) :].split("@")[0] in FAIRNESS_SHOWN
+        },
+        key=lambda key: (key.name.split("@")[-1], key.name),
+    )
+    if not keys:
+        return ""
+    header = ["slice"]
+    for key in keys:
+        metric, _, threshold = key.name[len(FAIRNESS_PREFIX) :].partition("@")
+        header.append(f"{FAIRNESS_SHOWN[metric]}@{threshold}")
+    rows = [[item.name, *(_cell(item.values.get(key)) for key in keys)] for item in slices]
+    return reports._table(header, rows)
+
+
+def _thresholds_section(blessing: Mapping[str, Any]) -> list[str]:
+    verdict = (
+        '<h2 class="ok">BLESSED</h2>' if blessing["blessed"] else '<h2 class="bad">NOT BLESSED</h2>'
+    )
+    rows = [
+        (
+            check["name"],
+            _cell(check["value"]),
+            str(check["threshold"]),
+            "passed" if check["passed"] else "FAILED",
+        )
+        for check in blessing["thresholds"]
+    ]
+    body = [verdict, "<h2>Thresholds</h2>"]
+    if blessing.get("change_thresholds_skipped"):
+        body.append(
+            "<p>No baseline model (nothing serves yet): change thresholds were skipped, "
+            "value thresholds decided.</p>"
+        )
+    body.append(reports._table(["threshold", "value", "bound", "result"], rows))
+    return body
+
+
+def evaluation_html(
+    title: str,
+    context: Sequence[str],
+    blessing: Mapping[str, Any],
+    metrics: Iterable[MetricsForSlice],
+    plots: Iterable[PlotsForSlice],
+    model_names: tuple[str, str | None],
+) -> str:
+    """The standalone report page of one evaluation.
+
+    Args:
+        title: the page title.
+        context: lines shown first (models, examples, eval config).
+        blessing: the blessing record (`blessed`, `thresholds`, `change_thresholds_skipped`).
+        metrics: TFMA's metrics of every slice.
+        plots: TFMA's plots of every slice.
+        model_names: TFMA's names of the candidate and of the baseline (None without one).
+    """
+    candidate, baseline = model_names
+    body = [f"<p>{html.escape(line)}</p>" for line in context]
+    body += _thresholds_section(blessing)
+    slices = sliced_values(metrics)
+    compared = {check["metric"] for check in blessing["thresholds"] if check["kind"] == "change"}
+    groups: dict[str, list[SlicedValues]] = {}
+    for item in slices:
+        groups.setdefault(_group(item), []).append(item)
+    curves = curves_by_model(plots)
+    if OVERALL in curves:
+        body += ["<h2>Plots (overall)</h2>", _image(plot_png(curves[OVERALL], OVERALL), OVERALL)]
+    for group, members in groups.items():
+        heading = "(overall)" if group == OVERALL else f"by {html.escape(group)}"
+        body.append(f"<h2>Metrics {heading}</h2>")
+        body.append(_metric_table(members, candidate, baseline, compared))
+        fairness = _fairness_table(members, candidate)
+        if fairness:
+            body += [f"<h3>Fairness indicators {heading}</h3>", fairness]
+    return reports._page(title, body)
