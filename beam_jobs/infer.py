@@ -269,13 +269,15 @@ class _AssignTrackingId(beam.DoFn):
         sort_key, serialized = keyed
         example = tf.train.Example.FromString(serialized)
         try:
-            yield (sort_key, tracking_id(example, serialized, self._id_column)), serialized
+            tracking = tracking_id(example, serialized, self._id_column)
         except ValueError as error:
             self._rejected.inc()
             line = ingest.rejected_line(
                 self._paths[sort_key[0]], sort_key[1], str(error), example_to_json(example)
             )
             yield beam.pvalue.TaggedOutput(ingest.REJECTED_DIR, (sort_key, line))
+            return
+        yield (sort_key, tracking), serialized
 
 
 def _error_reason(error: Any) -> str:
@@ -310,7 +312,8 @@ class ScoreExamples(beam.PTransform):
     """((sort key, tracking id), serialized example) → ((sort key, tracking id), PredictionLog).
 
     RunInference in batches of up to `batch_size`; the records of a failed batch are scored again
-    one at a time, and those that fail alone come out tagged `rejected` as (sort key, line).
+    one at a time. Returns a dict: `predictions`, and `rejected` ((sort key, rejected line)) for the
+    records that fail alone.
     """
 
     def __init__(self, model: ModelInfo, batch_size: int, paths: Mapping[int, str]) -> None:
