@@ -133,3 +133,21 @@ def evaluated_2015(ingested_2015_curated, trained_2015_steps, tmp_path_factory) 
     )
     evaluate.run(config, direct_options())
     return output_dir
+
+
+@pytest.fixture(scope="session")
+def predictions_2015(trained_2015_steps, ingested_2015_curated, tmp_path_factory) -> pathlib.Path:
+    """The eval split of `ingested_2015_curated` scored through infer by the demo model
+    (DEMO_TRAIN_STEPS), tracked by complaint_id."""
+    from beam_jobs import infer
+
+    output_dir = tmp_path_factory.mktemp("infer_2015") / "out"
+    config = infer.InferConfig(
+        model_dir=str(trained_2015_steps(DEMO_TRAIN_STEPS)),
+        input=str(ingested_2015_curated / "eval" / "*.tfrecord.gz"),
+        output_dir=str(output_dir),
+        id_column="complaint_id",
+        schema=str(CURATED_SCHEMA),
+    )
+    infer.run(config, direct_options())
+    return output_dir
