@@ -117,7 +117,8 @@ def make_strategy(distribution: str, cpu_replicas: int = 1) -> tf.distribute.Str
     elif cpu_replicas > 1:
         _split_cpu(cpu_replicas)
     if distribution == "one_device":
-        return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
+        # Keras' BackupAndRestore refuses OneDeviceStrategy; a mirror of one device is the same.
+        return tf.distribute.MirroredStrategy(["/gpu:0" if gpus else "/cpu:0"])
     if distribution == "multi_worker_mirrored":
         return tf.distribute.MultiWorkerMirroredStrategy()
     if gpus:
