@@ -13,6 +13,8 @@ REQUIRED_PACKAGES = [
     "matplotlib>=3.8,<3.10",
     "numpy>=1.22,<2",
     "pyarrow==10.0.1",
+    # tensorflow-hub 0.16 imports pkg_resources, which setuptools 81 and later no longer ship.
+    "setuptools<81",
     "tensorflow==2.16.2",
     "tensorflow-data-validation==1.16.1",
     "tensorflow-hub>=0.16,<0.17",

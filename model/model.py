@@ -15,14 +15,11 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-import sys
 import types
 import typing
 from typing import Any
 
-import packaging.version
 import tensorflow as tf
 import tensorflow_transform as tft
 
@@ -172,27 +169,11 @@ def text_feature_keys(transformed_spec: dict[str, Any]) -> list[str]:
     ]
 
 
-def _import_hub() -> types.ModuleType:
-    """`tensorflow_hub`, imported even where setuptools no longer ships `pkg_resources`.
-
-    tensorflow-hub 0.16 checks TensorFlow's version with `pkg_resources.parse_version` at import
-    time, and nothing else; setuptools 81 and later dropped `pkg_resources`. A stand-in module
-    with that one function exists only while hub is imported.
-    """
-    if "tensorflow_hub" in sys.modules or importlib.util.find_spec("pkg_resources"):
-        return importlib.import_module("tensorflow_hub")
-    stand_in = types.ModuleType("pkg_resources")
-    stand_in.parse_version = packaging.version.parse  # type: ignore[attr-defined]
-    sys.modules["pkg_resources"] = stand_in
-    try:
-        return importlib.import_module("tensorflow_hub")
-    finally:
-        del sys.modules["pkg_resources"]
-
-
 def _text_encoder(hparams: HParams) -> tf.keras.layers.Layer:
     if hparams.text_encoder:
-        return _import_hub().KerasLayer(
+        import tensorflow_hub as hub  # Only users of --text_encoder pay for importing it.
+
+        return hub.KerasLayer(
             hparams.text_encoder,
             trainable=hparams.text_encoder_trainable,
             name=TEXT_ENCODER_LAYER,

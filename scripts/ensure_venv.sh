@@ -12,7 +12,7 @@ ensure_venv() {
   if [ ! -x "$venv/bin/python" ]; then
     echo "creating virtual environment $venv with $python" >&2
     "$python" -m venv "$venv"
-    "$venv/bin/pip" install --quiet --upgrade pip setuptools wheel
+    "$venv/bin/pip" install --quiet --upgrade pip "setuptools<81" wheel
   fi
   local target="$repo"
   [ -n "$extras" ] && target="$repo[$extras]"

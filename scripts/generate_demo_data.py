@@ -45,7 +45,7 @@ PRODUCTS = {
             "Communication tactics",
             "False statements or representation",
         ],
-        0.2,
+        0.6,
     ),
     "Mortgage": (
         23,
@@ -61,7 +61,7 @@ PRODUCTS = {
             "Application, originator, mortgage broker",
             "Settlement process and costs",
         ],
-        0.5,
+        1.0,
     ),
     "Credit reporting": (
         20,
@@ -72,7 +72,7 @@ PRODUCTS = {
             "Unable to get credit report/credit score",
             "Improper use of my credit report",
         ],
-        0.1,
+        0.2,
     ),
     "Credit card": (
         10,
@@ -83,7 +83,7 @@ PRODUCTS = {
             "Closing/Cancelling account",
             "Identity theft / Fraud / Embezzlement",
         ],
-        0.3,
+        0.7,
     ),
     "Bank account or service": (
         9,
@@ -99,7 +99,7 @@ PRODUCTS = {
             "Problems caused by my funds being low",
             "Making/receiving payments, sending money",
         ],
-        0.0,
+        -0.4,
     ),
     "Consumer loan": (
         5,
@@ -110,13 +110,13 @@ PRODUCTS = {
             "Taking out the loan or lease",
             "Shopping for a loan or lease",
         ],
-        0.0,
+        -0.5,
     ),
     "Student loan": (
         3,
         ["Non-federal student loan"],
         ["Dealing with my lender or servicer", "Can't repay my loan", "Getting a loan"],
-        0.3,
+        0.6,
     ),
     "Payday loan": (
         1,
@@ -126,13 +126,13 @@ PRODUCTS = {
             "Can't contact lender",
             "Received a loan I didn't apply for",
         ],
-        -0.3,
+        -1.0,
     ),
     "Money transfers": (
         1,
         ["International money transfer", "Domestic (US) money transfer"],
         ["Fraud or scam", "Money was not available when promised", "Other transaction issues"],
-        -0.2,
+        -0.8,
     ),
     "Prepaid card": (
         1,
@@ -143,7 +143,7 @@ PRODUCTS = {
             "Fraud or scam",
             "Fees",
         ],
-        -0.2,
+        -0.8,
     ),
 }
 SUB_ISSUES = [
@@ -155,12 +155,12 @@ SUB_ISSUES = [
 ]
 # response: (weight, dispute log-odds)
 RESPONSES = {
-    "Closed with explanation": (69, 0.4),
-    "Closed with non-monetary relief": (13, -0.3),
+    "Closed with explanation": (69, 0.8),
+    "Closed with non-monetary relief": (13, -0.7),
     "In progress": (9, 0.0),
-    "Closed with monetary relief": (5, -0.9),
+    "Closed with monetary relief": (5, -2.0),
     "Closed": (2, 0.0),
-    "Untimely response": (2, 0.6),
+    "Untimely response": (2, 1.2),
 }
 COMPANIES = [
     "EQUIFAX",
@@ -261,9 +261,9 @@ def make_row(rng: random.Random, index: int) -> dict[str, str]:
     issue = rng.choice(issues)
     angry = rng.random()
     narrative = _narrative(rng, product, issue, angry) if rng.random() < 0.35 else ""
-    logit = -1.9 + product_logit + RESPONSES[response][1] + (0.8 if timely == "No" else 0.0)
+    logit = -2.6 + product_logit + RESPONSES[response][1] + (1.2 if timely == "No" else 0.0)
     if narrative:
-        logit += 2.0 * (angry - 0.5)
+        logit += 5.0 * (angry - 0.5)
     disputed = rng.random() < 1.0 / (1.0 + math.exp(-logit))
     received = datetime.date(2015, 1, 1) + datetime.timedelta(days=rng.randrange(365))
     return {
