@@ -50,15 +50,18 @@ __all__ = [
     "EvaluateConfig",
     "EvaluateExamples",
     "EvaluatePlan",
+    "ModelRef",
     "ThresholdCheck",
     "blessing_record",
     "build_pipeline",
     "load_eval_config",
     "main",
+    "model_names",
     "plan_evaluation",
     "prepare_eval_config",
     "resolve_baseline",
     "run",
+    "summary_lines",
     "threshold_checks",
 ]
 
@@ -226,20 +229,30 @@ def _applies(slice_spec: Any, slice_key: tuple) -> bool:
     return slicer_lib.SingleSliceSpec(spec=slice_spec).is_slice_applicable(slice_key)
 
 
-def _failures(
-    validation: validation_result_pb2.ValidationResult,
-) -> list[tuple[tuple, Any, validation_result_pb2.ValidationFailure]]:
-    """(slice key, metric key, failure) of every failure TFMA's validator recorded."""
+@dataclasses.dataclass(frozen=True)
+class _Failure:
+    """One failure TFMA's validator recorded; `slice_key` is None for a crossed slice."""
+
+    slice_key: tuple | None
+    slice: str
+    key: tfma.metrics.MetricKey
+    failure: validation_result_pb2.ValidationFailure
+
+
+def _failures(validation: validation_result_pb2.ValidationResult) -> list[_Failure]:
+    """Every failure of TFMA's validation result, with its slice and metric key."""
     found = []
     for per_slice in validation.metric_validations_per_slice:
-        slice_key = (
-            slicer_lib.deserialize_slice_key(per_slice.slice_key)
-            if per_slice.HasField("slice_key")
-            else ("cross", str(per_slice.cross_slice_key))
-        )
+        if per_slice.HasField("cross_slice_key"):
+            slice_key = None
+            crossed = slicer_lib.deserialize_cross_slice_key(per_slice.cross_slice_key)
+            name = " vs ".join(evaluation_report.slice_name(key) for key in crossed)
+        else:
+            slice_key = slicer_lib.deserialize_slice_key(per_slice.slice_key)
+            name = evaluation_report.slice_name(slice_key)
         for failure in per_slice.failures:
             key = tfma.metrics.MetricKey.from_proto(failure.metric_key)
-            found.append((slice_key, key, failure))
+            found.append(_Failure(slice_key, name, key, failure))
     return found
 
 
@@ -277,10 +290,10 @@ def threshold_checks(
                     continue
                 hits = [
                     index
-                    for index, (slice_key, failed_key, failure) in enumerate(failures)
-                    if slice_key == sliced.slice_key
-                    and failed_key == key
-                    and _failed(failure, threshold)
+                    for index, found in enumerate(failures)
+                    if found.slice_key == sliced.slice_key
+                    and found.key == key
+                    and _failed(found.failure, threshold)
                 ]
                 matched.update(hits)
                 kind, rule, bound = _bound_text(evaluation_report.metric_label(key), threshold)
@@ -300,29 +313,30 @@ def threshold_checks(
 
 
 def _unmatched_failures(
-    failures: Sequence[tuple[tuple, Any, validation_result_pb2.ValidationFailure]],
+    failures: Sequence[_Failure],
     matched: set[int],
     validation: validation_result_pb2.ValidationResult,
 ) -> list[ThresholdCheck]:
+    """Failed checks for failures no configured threshold matched, and for missing slices."""
     checks = []
-    for index, (slice_key, key, failure) in enumerate(failures):
+    for index, found in enumerate(failures):
         if index in matched:
             continue
-        configured = failure.metric_threshold
+        configured = found.failure.metric_threshold
         threshold = (
             configured.change_threshold
             if configured.HasField("change_threshold")
             else configured.value_threshold
         )
-        kind, rule, bound = _bound_text(evaluation_report.metric_label(key), threshold)
-        name = evaluation_report.slice_name(slice_key) if slice_key[:1] != ("cross",) else "cross"
+        metric = evaluation_report.metric_label(found.key)
+        kind, rule, bound = _bound_text(metric, threshold)
         checks.append(
             ThresholdCheck(
-                name=f"{rule} ({name})",
-                metric=evaluation_report.metric_label(key),
-                slice=name,
+                name=f"{rule} ({found.slice})",
+                metric=metric,
+                slice=found.slice,
                 kind=kind,
-                value=failure.metric_value.double_value.value,
+                value=found.failure.metric_value.double_value.value,
                 threshold=bound,
                 passed=False,
             )

@@ -37,12 +37,15 @@ __all__ = [
     "roc_points",
     "slice_name",
     "sliced_values",
+    "slices_roc_png",
 ]
 
 OVERALL = "overall"
 FAIRNESS_PREFIX = "fairness_indicators_metrics/"
 # Fairness indicators shown per slice (TFMA computes more; these two are the book's).
 FAIRNESS_SHOWN = {"false_positive_rate": "FPR", "false_negative_rate": "FNR"}
+# ROC curves of a slicing group's slices share one plot when there are at most this many.
+MAX_SLICES_PER_PLOT = 12
 _DPI = 100
 
 MetricsForSlice = metrics_for_slice_pb2.MetricsForSlice
@@ -202,6 +205,22 @@ def plot_png(curves: Mapping[str, Curves], title: str) -> bytes:
     return buffer.getvalue()
 
 
+def slices_roc_png(roc_by_slice: Mapping[str, list[tuple[float, float]]], title: str) -> bytes:
+    """The ROC curves of several slices (one model) in one plot, as a PNG."""
+    figure = Figure(figsize=(7.5, 5.5), dpi=_DPI, layout="constrained")
+    axes = figure.subplots()
+    for name, points in roc_by_slice.items():
+        if points:
+            axes.plot(*zip(*points, strict=True), label=name)
+    axes.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
+    axes.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC: {title}")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right", fontsize="small")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
 def _image(png: bytes, alt: str) -> str:
     data = base64.b64encode(png).decode("ascii")
     return (
@@ -322,6 +341,14 @@ def evaluation_html(
         heading = "(overall)" if group == OVERALL else f"by {html.escape(group)}"
         body.append(f"<h2>Metrics {heading}</h2>")
         body.append(_metric_table(members, candidate, baseline, compared))
+        if group != OVERALL and len(members) <= MAX_SLICES_PER_PLOT:
+            roc = {
+                item.name: curves[item.name][candidate].roc
+                for item in members
+                if candidate in curves.get(item.name, {})
+            }
+            plot_title = f"candidate by {group}"
+            body.append(_image(slices_roc_png(roc, plot_title), plot_title))
         fairness = _fairness_table(members, candidate)
         if fairness:
             body += [f"<h3>Fairness indicators {heading}</h3>", fairness]

@@ -166,10 +166,17 @@ def test_threshold_checks_name_every_threshold_and_what_failed():
 def test_a_failure_no_threshold_accounts_for_still_gets_a_name():
     config, _ = evaluate.prepare_eval_config(demo_eval_config(), has_baseline=False)
     validation = validation_result_pb2.ValidationResult(validation_ok=False)
+    per_slice = validation.metric_validations_per_slice.add()
+    per_slice.slice_key.CopyFrom(slicer_lib.serialize_slice_key((("product", b"Mortgage"),)))
+    failure = per_slice.failures.add()
+    failure.metric_key.CopyFrom(tfma.metrics.MetricKey("recall").to_proto())
+    failure.metric_value.double_value.value = 0.1
+    failure.metric_threshold.value_threshold.lower_bound.value = 0.5
     validation.missing_slices.add().feature_keys.append("state")
     checks = evaluate.threshold_checks(config, [], validation)
-    assert [(c.name, c.passed) for c in checks] == [
-        ('slice feature_keys: "state" has examples', False)
+    assert [(c.name, c.value, c.passed) for c in checks] == [
+        ("recall >= 0.5 (product=Mortgage)", 0.1, False),
+        ('slice feature_keys: "state" has examples', 0.0, False),
     ]
 
 
@@ -339,11 +346,13 @@ def _chromium() -> str:
 def test_report_has_per_slice_metrics_and_plots_and_renders_in_chromium(evaluated_2015, tmp_path):
     page = evaluated_2015 / evaluate.REPORT_FILE
     text = page.read_text()
+    candidate = json.loads((evaluated_2015 / evaluate.BLESSING_JSON).read_text())["candidate"]
+    assert f"<h1>Evaluation of {html.escape(candidate['path'])}</h1>" in text
     for expected in ("BLESSED", AUC_VALUE_CHECK, "Metrics by product", "Metrics by state"):
         assert html.escape(expected) in text
     assert "product=Debt collection" in text and "state=TX" in text
     assert "FPR@0.25" in text  # fairness indicators per slice
-    assert text.count('src="data:image/png;base64,') >= 1
+    assert text.count('src="data:image/png;base64,') == 2  # overall plots, ROC by product
     screenshot = tmp_path / "report.png"
     subprocess.run(
         [
