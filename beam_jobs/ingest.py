@@ -27,7 +27,7 @@ import tensorflow as tf
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_jobs import artifacts, cli, records
+from beam_jobs import artifacts, cli, privacy, records
 from beam_jobs.records import ColumnType, RawRow
 
 __all__ = [
@@ -58,6 +58,7 @@ REJECTED_DIR = "rejected"
 EXAMPLES_FILE_PREFIX = "data"
 EXAMPLES_FILE_SUFFIX = ".tfrecord.gz"
 ROWS_READ = "rows_read"
+SCRUBBED_PREFIX = "scrubbed_"
 ROWS_REJECTED = "rows_rejected"
 _COUNTS_FILE = ".counts.json"
 _SHARD_INPUT_BYTES = 256 << 20
@@ -87,6 +88,8 @@ class IngestConfig:
     span: int | None = None
     version: int | None = None
     num_shards: int = 0
+    drop_columns: str | None = None
+    scrub: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +113,7 @@ class IngestPlan:
     num_shards: int
     span: int | None = None
     version: int | None = None
+    policy: privacy.PrivacyPolicy = dataclasses.field(default_factory=privacy.PrivacyPolicy)
 
 
 def parse_splits(text: str) -> tuple[Split, ...]:
@@ -181,8 +185,16 @@ def _resolve_span(
     return paths, chosen_span, chosen_version
 
 
-def _check_csv_headers(paths: list[str], partition_feature: str | None) -> None:
+def _check_csv_headers(
+    paths: list[str], partition_feature: str | None, policy: privacy.PrivacyPolicy
+) -> None:
     first = records.read_csv_header(paths[0])
+    for column in sorted(policy.drop_columns | set(policy.scrub)):
+        if column not in first:
+            raise cli.JobError(
+                f"--drop_columns/--scrub name {column!r}, which is not a column of {paths[0]} "
+                f"(columns: {', '.join(first)})"
+            )
     for path in paths[1:]:
         if set(records.read_csv_header(path)) != set(first):
             raise cli.JobError(f"{path} has other columns than {paths[0]}; ingest them separately")
@@ -222,8 +234,14 @@ def plan_ingest(config: IngestConfig) -> IngestPlan:
         )
     paths = [item.path for item in files]
     input_format = config.input_format or records.detect_format(paths)
+    policy = privacy.PrivacyPolicy(
+        drop_columns=frozenset(cli.split_list(config.drop_columns)),
+        scrub=privacy.parse_scrub(config.scrub),
+    )
+    if config.partition_feature and config.partition_feature in policy.drop_columns:
+        raise click.UsageError("--partition_feature cannot be a column that --drop_columns drops")
     if input_format == records.CSV:
-        _check_csv_headers(paths, config.partition_feature)
+        _check_csv_headers(paths, config.partition_feature, policy)
     presplit = None not in patterns
     if presplit and (config.splits or config.partition_feature):
         raise click.UsageError("--splits and --partition_feature do not apply to pre-split --input")
@@ -243,6 +261,7 @@ def plan_ingest(config: IngestConfig) -> IngestPlan:
         num_shards=config.num_shards or _auto_shards(paths),
         span=span,
         version=version,
+        policy=policy,
     )
 
 
@@ -315,12 +334,18 @@ class _TypeRow(beam.DoFn):
     """
 
     REJECTED = "rejected"
+    SCRUBBED = "scrubbed"
 
     def __init__(
-        self, files: tuple[InputFile, ...], schema_types: dict[str, ColumnType], stage: str
+        self,
+        files: tuple[InputFile, ...],
+        schema_types: dict[str, ColumnType],
+        stage: str,
+        policy: privacy.PrivacyPolicy,
     ) -> None:
         self._file_index = {item.path: item.index for item in files}
         self._schema_types = schema_types
+        self._policy = policy
         self._read = beam.metrics.Metrics.counter(stage, ROWS_READ)
         self._rejected = beam.metrics.Metrics.counter(stage, ROWS_REJECTED)
 
@@ -329,15 +354,19 @@ class _TypeRow(beam.DoFn):
         sort_key = (self._file_index[row.file], row.line)
         error = row.error
         if error is None:
+            values, scrubbed = privacy.apply_policy(row.values, self._policy)
             try:
-                example = records.encode_example(row.values, {**inferred, **self._schema_types})
+                example = records.encode_example(values, {**inferred, **self._schema_types})
             except ValueError as conversion_error:
                 error = str(conversion_error)
         if error is not None:
             self._rejected.inc()
-            rejected = rejected_line(row.file, row.line, error, row.raw)
+            raw = privacy.scrub_rejected_row(row.values, row.raw, self._policy)
+            rejected = rejected_line(row.file, row.line, error, raw)
             yield beam.pvalue.TaggedOutput(self.REJECTED, (sort_key, rejected))
             return
+        for kind, count in scrubbed.items():
+            yield beam.pvalue.TaggedOutput(self.SCRUBBED, (SCRUBBED_PREFIX + kind, count))
         yield sort_key, example.SerializeToString(deterministic=True)
 
 
@@ -346,8 +375,9 @@ class RawRowsToExamples(beam.PTransform):
 
     Reads the files twice: once to infer column types over the whole input (`schema_types` take
     precedence), once to convert the rows. Returns a dict of PCollections: `rows` (every `RawRow`
-    read, for counting), `examples` ((sort key, serialized example)) and `rejected` ((sort key,
-    JSON line)), where the sort key is (input file index, line).
+    read, for counting), `examples` ((sort key, serialized example)), `rejected` ((sort key,
+    JSON line)), where the sort key is (input file index, line), and `scrubbed` ((`scrubbed_<kind>`,
+    replacements)) when a privacy policy drops or scrubs personal data.
     """
 
     def __init__(
@@ -357,25 +387,36 @@ class RawRowsToExamples(beam.PTransform):
         schema_types: dict[str, ColumnType],
         *,
         stage: str = STAGE,
+        policy: privacy.PrivacyPolicy | None = None,
     ) -> None:
         super().__init__()
         self._files = files
         self._format = input_format
         self._schema_types = schema_types
         self._stage = stage
+        self._policy = policy or privacy.PrivacyPolicy()
 
     def expand(self, pipeline: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
         read_for_types = pipeline | "ReadForTypes" >> ReadRawRows(self._files, self._format)
+        if self._policy.drop_columns:
+            # Dropped columns take no part in anything, their types included.
+            drop = self._policy.drop_columns
+            read_for_types = read_for_types | "DropColumnsForTypes" >> beam.Map(
+                lambda row: dataclasses.replace(
+                    row, values={k: v for k, v in (row.values or {}).items() if k not in drop}
+                )
+            )
         inferred = read_for_types | "InferColumnTypes" >> beam.CombineGlobally(_MergeColumnTypes())
         rows = pipeline | "ReadForExamples" >> ReadRawRows(self._files, self._format)
         converted = rows | "ConvertRows" >> beam.ParDo(
-            _TypeRow(self._files, self._schema_types, self._stage),
+            _TypeRow(self._files, self._schema_types, self._stage, self._policy),
             beam.pvalue.AsSingleton(inferred),
-        ).with_outputs(_TypeRow.REJECTED, main="examples")
+        ).with_outputs(_TypeRow.REJECTED, _TypeRow.SCRUBBED, main="examples")
         return {
             "rows": rows,
             "examples": converted.examples,
             "rejected": converted[_TypeRow.REJECTED],
+            "scrubbed": converted[_TypeRow.SCRUBBED],
         }
 
 
@@ -463,7 +504,7 @@ class WriteSortedShards(beam.PTransform):
 def build_pipeline(pipeline: beam.Pipeline, plan: IngestPlan, staging_dir: str) -> None:
     """Adds the ingest graph to `pipeline`: examples, rejects and counts under `staging_dir`."""
     converted = pipeline | "ReadExamples" >> RawRowsToExamples(
-        plan.files, plan.input_format, plan.schema_types
+        plan.files, plan.input_format, plan.schema_types, policy=plan.policy
     )
     rows = converted["rows"]
     keyed_examples = converted["examples"] | "AssignShards" >> beam.ParDo(_AssignShard(plan))
@@ -487,7 +528,7 @@ def build_pipeline(pipeline: beam.Pipeline, plan: IngestPlan, staging_dir: str) 
     )
     counts_path = FileSystems.join(staging_dir, _COUNTS_FILE)
     _ = (
-        (read_count, written, rejected)
+        (read_count, written, rejected, converted["scrubbed"])
         | "FlattenCounts" >> beam.Flatten()
         | "SumCounts" >> beam.CombinePerKey(sum)
         | "CountsToDict" >> beam.combiners.ToDict()
@@ -515,8 +556,8 @@ def _complete_shards(staging_dir: str, plan: IngestPlan) -> None:
         write_jsonl_shard(rejected_path, [])
 
 
-def _check_counts(counts: dict[str, int], output_dir: str) -> None:
-    written = sum(count for key, count in counts.items() if key not in (ROWS_READ, REJECTED_DIR))
+def _check_counts(counts: dict[str, int], plan: IngestPlan, output_dir: str) -> None:
+    written = sum(counts.get(split.name, 0) for split in plan.splits)
     rejected = counts.get(REJECTED_DIR, 0)
     if counts.get(ROWS_READ, 0) != written + rejected:
         raise cli.JobError(
@@ -545,7 +586,7 @@ def run(config: IngestConfig, options: PipelineOptions) -> dict[str, Any]:
         counts_path = staged.path(_COUNTS_FILE)
         counts = artifacts.read_json(counts_path)
         FileSystems.delete([counts_path])
-        _check_counts(counts, config.output_dir)
+        _check_counts(counts, plan, config.output_dir)
         _complete_shards(staged.staging_dir, plan)
         rows_read, rejected = counts.get(ROWS_READ, 0), counts.get(REJECTED_DIR, 0)
         if rows_read == 0:
@@ -555,6 +596,12 @@ def run(config: IngestConfig, options: PipelineOptions) -> dict[str, Any]:
             ROWS_REJECTED: rejected,
             "rows_written": {split.name: counts.get(split.name, 0) for split in plan.splits},
         }
+        if plan.policy.active:
+            manifest_counts["pii_replacements"] = {
+                kind: counts.get(SCRUBBED_PREFIX + kind, 0)
+                for kind in privacy.KINDS
+                if any(kind in kinds for kinds in plan.policy.scrub.values())
+            }
         rejected_path = FileSystems.join(config.output_dir, REJECTED_DIR)
         if rejected > config.max_rejected_fraction * rows_read:
             staged.publish(inputs={}, parameters={}, counts={}, complete=False)
@@ -636,6 +683,17 @@ def run(config: IngestConfig, options: PipelineOptions) -> dict[str, Any]:
     default=0,
     help="Files per split; 0 picks one per 256 MB of input.",
 )
+@click.option(
+    "--drop_columns",
+    default=None,
+    help="Comma-separated columns the model must not see: absent from every output.",
+)
+@click.option(
+    "--scrub",
+    default=None,
+    help="<column>:<kind>,... personal data to replace in free text; kinds: "
+    f"{', '.join(privacy.KINDS)}, all. Replacements are counted in the manifest.",
+)
 def main(
     input_pattern: str,
     output_dir: str,
@@ -647,6 +705,8 @@ def main(
     span: int | None,
     version: int | None,
     num_shards: int,
+    drop_columns: str | None,
+    scrub: str | None,
     beam_args: tuple[str, ...],
 ) -> None:
     config = IngestConfig(
@@ -660,6 +720,8 @@ def main(
         span=span,
         version=version,
         num_shards=num_shards,
+        drop_columns=drop_columns,
+        scrub=scrub,
     )
     run(config, cli.pipeline_options(beam_args))
 

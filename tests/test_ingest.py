@@ -398,3 +398,68 @@ def test_staged_output_leaves_nothing_behind_on_failure(tmp_path):
         staged.publish(inputs={}, parameters={}, counts={"n": 1})
     assert artifacts.read_manifest(str(output_dir))["counts"] == {"n": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stage"]
+
+
+PII_CSV = (
+    "complaint_id,consumer_complaint_narrative,customer_name,state\n"
+    '1,"Reach me at jane.doe@example.com or (555) 123-4567, SSN 123-45-6789.",Jane Doe,TX\n'
+    '2,"Card 4111 1111 1111 1111 was charged twice; call 555.987.6543",John Roe,CA\n'
+    "3,No personal data here,Ann Poe,NY\n"
+    '4,"broken row with a@b.com",Bo Li\n'
+    "x5,also bad jo@x.org,Di Wu,WA\n"
+)
+
+
+def test_pii_is_dropped_and_scrubbed_everywhere(tmp_path):
+    path = write(tmp_path / "pii.csv", PII_CSV)
+    schema = write(tmp_path / "schema.pbtxt", 'feature { name: "complaint_id" type: INT }\n')
+    output_dir, manifest = run_ingest(
+        tmp_path,
+        input=str(path),
+        splits="all:1",
+        schema=str(schema),
+        drop_columns="customer_name",
+        scrub="consumer_complaint_narrative:all",
+        max_rejected_fraction=0.5,
+    )
+    examples = {e["complaint_id"][0]: e for e in map(as_dict, read_examples(output_dir / "all"))}
+    assert examples[1]["consumer_complaint_narrative"] == [
+        b"Reach me at [EMAIL] or [PHONE], SSN [SSN]."
+    ]
+    assert examples[2]["consumer_complaint_narrative"] == [
+        b"Card [CARD] was charged twice; call [PHONE]"
+    ]
+    assert all("customer_name" not in e for e in examples.values())
+    assert manifest["counts"]["pii_replacements"] == {"card": 1, "ssn": 1, "email": 1, "phone": 2}
+    assert manifest["counts"]["rows_rejected"] == 2
+    everything = b"".join(p.read_bytes() for p in output_dir.rglob("*") if p.is_file())
+    for secret in (
+        b"jane.doe@example.com",
+        b"123-4567",
+        b"123-45-6789",
+        b"4111",
+        b"Jane Doe",
+        b"a@b.com",
+        b"Bo Li",
+        b"jo@x.org",
+        b"Di Wu",
+    ):
+        assert secret not in everything, secret
+    rejected = (output_dir / "rejected" / "rejected-00000-of-00001.jsonl").read_text()
+    assert "withheld" in rejected  # the 3-field row: its columns cannot be told apart
+    assert "[EMAIL]" in rejected  # the mistyped row: known columns, scrubbed
+
+
+def test_privacy_flags_are_checked_against_the_header(tmp_path):
+    path = write(tmp_path / "small.csv", SMALL_CSV)
+    result = CliRunner().invoke(
+        ingest.main,
+        [f"--input={path}", f"--output_dir={tmp_path / 'out'}", "--drop_columns=no_such_column"],
+    )
+    assert result.exit_code == cli.EXIT_ERROR
+    assert "not a column" in result.output
+    result = CliRunner().invoke(
+        ingest.main,
+        [f"--input={path}", f"--output_dir={tmp_path / 'out'}", "--scrub=product:passport"],
+    )
+    assert result.exit_code == cli.EXIT_USAGE
