@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -80,7 +80,6 @@ SAVED_MODEL_FILE = "saved_model.pb"
 EXAMPLE_COUNT_METRIC = "example_count"
 _COUNTS_FILE = ".counts.json"
 _TELEMETRY = ["beam_jobs", STAGE]
-_EXAMPLES_COUNTER = beam.metrics.Metrics.counter(STAGE, EXAMPLES_EVALUATED)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -409,13 +408,22 @@ class EvaluateExamples(beam.PTransform):
             output_path=self._output_path,
         )
         return (
-            batches | "RowsPerBatch" >> beam.Map(_num_rows) | "SumRows" >> beam.CombineGlobally(sum)
+            batches
+            | "RowsPerBatch" >> beam.ParDo(_CountRows())
+            | "SumRows" >> beam.CombineGlobally(sum)
         )
 
 
-def _num_rows(batch: pa.RecordBatch) -> int:
-    _EXAMPLES_COUNTER.inc(batch.num_rows)
-    return batch.num_rows
+class _CountRows(beam.DoFn):
+    """Each RecordBatch's number of rows, also added to a Beam counter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._counter = beam.metrics.Metrics.counter(STAGE, EXAMPLES_EVALUATED)
+
+    def process(self, batch: pa.RecordBatch) -> Iterator[int]:
+        self._counter.inc(batch.num_rows)
+        yield batch.num_rows
 
 
 def _shared_models(plan: EvaluatePlan) -> list[tfma.types.EvalSharedModel]:
@@ -448,8 +456,9 @@ def build_pipeline(pipeline: beam.Pipeline, plan: EvaluatePlan, staging_dir: str
         models=_shared_models(plan),
         output_path=FileSystems.join(staging_dir, TFMA_DIR),
     )
+    counts_key = EXAMPLES_EVALUATED  # A local: workers may not see this module's globals.
     _ = rows | "WriteCounts" >> beam.Map(
-        lambda found: artifacts.write_json(counts_path, {EXAMPLES_EVALUATED: found})
+        lambda found: artifacts.write_json(counts_path, {counts_key: found})
     )
 
 
@@ -673,4 +682,8 @@ def main(
 
 
 if __name__ == "__main__":
-    main()
+    # The importable module's main, not __main__'s: Beam workers in other processes unpickle this
+    # job's DoFns by module name, and `python -m`'s __main__ is not importable there.
+    from beam_jobs import evaluate as job
+
+    job.main()

@@ -8,6 +8,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -373,3 +374,33 @@ def test_report_has_per_slice_metrics_and_plots_and_renders_in_chromium(evaluate
     assert dark > 10_000, "the screenshot is (nearly) blank: the page drew no text"
     colored = np.count_nonzero(np.ptp(pixels[..., :3].astype(int), axis=-1) > 60)
     assert colored > 1_000, "no coloured pixels: the plots were not drawn"
+
+
+def test_python_m_on_two_worker_processes_gives_the_same_numbers(
+    evaluated_2015, ingested_2015_curated, tmp_path
+):
+    first = json.loads((evaluated_2015 / evaluate.BLESSING_JSON).read_text())
+    output_dir = tmp_path / "evaluation"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "beam_jobs.evaluate",
+            f"--model_dir={first['candidate']['path']}",
+            f"--examples_dir={ingested_2015_curated}",
+            f"--output_dir={output_dir}",
+            "--runner=DirectRunner",
+            "--direct_running_mode=multi_processing",
+            "--direct_num_workers=2",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.splitlines()[-1] == evaluate.BLESSED_FILE
+    second = json.loads((output_dir / evaluate.BLESSING_JSON).read_text())
+    assert second["thresholds"][0]["value"] == pytest.approx(first["thresholds"][0]["value"])
+    manifest = json.loads((output_dir / artifacts.MANIFEST_FILE).read_text())
+    assert manifest["counts"] == {"examples_evaluated": 9415}
