@@ -10,6 +10,7 @@ a value.
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -30,6 +31,7 @@ __all__ = [
     "beam_job_command",
     "pipeline_options",
     "reports_job_errors",
+    "run_module_main",
     "split_list",
 ]
 
@@ -121,3 +123,13 @@ def beam_job_command(help_text: str) -> Callable[[Callable[..., Any]], click.Com
         )(guarded)
 
     return decorate
+
+
+def run_module_main(module_name: str) -> None:
+    """Runs `main()` of the module imported by its package name, for `python -m <module>`.
+
+    Beam workers in other processes (multi-processing DirectRunner, Flink, Spark, Dataflow)
+    unpickle a job's DoFns by module name, and `python -m`'s `__main__` is not importable there;
+    the same module imported as `beam_jobs.<job>` is.
+    """
+    importlib.import_module(module_name).main()

@@ -682,8 +682,4 @@ def main(
 
 
 if __name__ == "__main__":
-    # The importable module's main, not __main__'s: Beam workers in other processes unpickle this
-    # job's DoFns by module name, and `python -m`'s __main__ is not importable there.
-    from beam_jobs import evaluate as job
-
-    job.main()
+    cli.run_module_main(__spec__.name)

@@ -631,4 +631,4 @@ def main(
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_module_main(__spec__.name)

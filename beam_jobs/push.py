@@ -203,4 +203,4 @@ def main(
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_module_main(__spec__.name)

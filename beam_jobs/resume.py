@@ -100,4 +100,4 @@ def main(action: str, stage_dir: str, command: tuple[str, ...]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_module_main(__spec__.name)

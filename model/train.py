@@ -2,7 +2,8 @@
 
     python -m model.train --transform_dir=out/transform --output_dir=out/train \
         [--model_fn=model.model:build_model] [--train_steps=N] [--batch_size=N] [--hparams=JSON] \
-        [--distribution=mirrored|one_device|multi_worker_mirrored] [--cpu_replicas=N]
+        [--distribution=mirrored|one_device|multi_worker_mirrored] [--cpu_replicas=N] \
+        [--dp_noise_multiplier=F --dp_l2_norm_clip=F [--dp_microbatches=N] [--dp_delta=F]]
 
 Reads `transformed_examples/train` and `/eval` with the transformed feature spec, builds the user's
 `build_model(tf_transform_output, hparams)` inside the distribution strategy's scope and fits it
@@ -11,7 +12,9 @@ for `--train_steps` global batches. `<output_dir>/checkpoints/` holds the traini
 TensorBoard logs. The export, `<output_dir>/serving_model/<unix_ts>/`, is a SavedModel with the TFT
 layer inside: `serving_default` takes serialized raw `tf.Example`s (`examples`, label optional) and
 returns `outputs`; `transform_features` returns the transformed features. `manifest.json`, written
-last, records what was trained on, how, and how well.
+last, records what was trained on, how, and how well. With `--dp_noise_multiplier` and
+`--dp_l2_norm_clip` the model trains with DP-SGD (`model.dp`), and the manifest's `privacy` records
+ε for δ, the noise multiplier, clip, microbatches, batch size and epochs.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import tensorflow_transform as tft
 from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs import artifacts, cli, user_code
-from model import features
+from model import dp, features
 from model import model as demo_model
 
 __all__ = [
@@ -85,6 +88,10 @@ class TrainConfig:
     cpu_replicas: int = 1
     checkpoint_steps: int = DEFAULT_CHECKPOINT_STEPS
     early_stopping_patience: int = 0
+    dp_noise_multiplier: float | None = None
+    dp_l2_norm_clip: float | None = None
+    dp_microbatches: int | None = None
+    dp_delta: float | None = None
 
 
 def _split_cpu(cpu_replicas: int) -> None:
@@ -351,8 +358,14 @@ def _build(
     strategy: tf.distribute.Strategy,
     tf_transform_output: tft.TFTransformOutput,
     hparams: demo_model.HParams,
-) -> tf.keras.Model:
-    """The user's compiled model, built in the strategy's scope and warm-started if asked."""
+    dp_options: dp.DPOptions | None,
+) -> tuple[tf.keras.Model, tf.keras.Model]:
+    """The user's compiled model, built in the strategy's scope and warm-started if asked.
+
+    Returns:
+        The model (to export) and the model to fit: the same one, or with DP options a
+        `dp.DPSGDModel` training it.
+    """
     build_model = user_code.load_function(config.model_fn, flag=_FLAG)
     tf.keras.utils.set_random_seed(SEED)
     with strategy.scope():
@@ -364,7 +377,12 @@ def _build(
             )
         if config.base_model:
             warm_start(keras_model, config.base_model)
-    return keras_model
+        if dp_options is None:
+            return keras_model, keras_model
+        try:
+            return keras_model, dp.DPSGDModel(keras_model, dp_options)
+        except ValueError as error:
+            raise cli.JobError(f"--{_FLAG}={config.model_fn}: {error}") from error
 
 
 def _strategy(config: TrainConfig) -> tuple[tf.distribute.Strategy, int]:
@@ -384,10 +402,15 @@ def _strategy(config: TrainConfig) -> tuple[tf.distribute.Strategy, int]:
 def _fit(
     config: TrainConfig,
     keras_model: tf.keras.Model,
+    trainer: tf.keras.Model,
     tf_transform_output: tft.TFTransformOutput,
     transform_manifest: dict[str, Any],
 ) -> dict[str, Any]:
-    """Fits `keras_model` up to `train_steps` global steps; returns counts and metrics."""
+    """Fits `trainer` (which trains `keras_model`) up to `train_steps` global steps.
+
+    Returns:
+        Counts and metrics for the manifest.
+    """
     spec = tf_transform_output.transformed_feature_spec()
     spec = {key: spec[key] for key in (*keras_model.input_names, config.label_key)}
     train_files = _example_files(config.transform_dir, TRAIN_SPLIT)
@@ -404,7 +427,7 @@ def _fit(
     )
     steps_per_epoch = min(config.train_steps, max(1, train_examples // config.batch_size))
     step_control = _StepControl(config.train_steps)
-    history = keras_model.fit(
+    history = trainer.fit(
         train_data,
         epochs=math.ceil(config.train_steps / steps_per_epoch),
         steps_per_epoch=steps_per_epoch,
@@ -413,15 +436,13 @@ def _fit(
         callbacks=_callbacks(config, step_control),
         verbose=2,
     )
-    eval_metrics = keras_model.evaluate(
-        eval_data, steps=config.eval_steps, return_dict=True, verbose=0
-    )
+    eval_metrics = trainer.evaluate(eval_data, steps=config.eval_steps, return_dict=True, verbose=0)
     if any(math.isnan(value) for value in eval_metrics.values()):
         raise cli.JobError(
             f"training diverged: eval metrics {eval_metrics}; lower the learning rate (--hparams) "
             "or check the inputs for NaN"
         )
-    steps = int(keras_model.optimizer.iterations.numpy())
+    steps = int(trainer.optimizer.iterations.numpy())
     logging.info(
         "train: %d steps (%d in this run), eval %s",
         steps,
@@ -443,6 +464,49 @@ def _fit(
     }
 
 
+def _dp_options(config: TrainConfig, transform_manifest: dict[str, Any]) -> dp.DPOptions | None:
+    """The checked DP-SGD options of the `--dp_*` flags (None without them)."""
+    if config.dp_noise_multiplier is None and config.dp_l2_norm_clip is None:
+        train_examples = 0  # not needed: dp_options only checks the other flags are absent
+    else:
+        train_files = _example_files(config.transform_dir, TRAIN_SPLIT)
+        train_examples = _train_examples(transform_manifest, train_files)
+    return dp.dp_options(
+        noise_multiplier=config.dp_noise_multiplier,
+        l2_norm_clip=config.dp_l2_norm_clip,
+        microbatches=config.dp_microbatches,
+        delta=config.dp_delta,
+        batch_size=config.batch_size,
+        train_examples=train_examples,
+    )
+
+
+def _privacy(dp_options: dp.DPOptions | None, config: TrainConfig, counts: dict[str, Any]):
+    """The manifest's `privacy` entry (None without DP), logged with its ε."""
+    if dp_options is None:
+        return None
+    record = dp.privacy_record(
+        dp_options,
+        steps=counts["steps"],
+        batch_size=config.batch_size,
+        train_examples=counts["train_examples"],
+    )
+    epsilon = "inf (no noise: no guarantee)" if record["epsilon"] is None else record["epsilon"]
+    logging.info(
+        "train: DP-SGD epsilon %s at delta %g (noise multiplier %g, clip %g, %d microbatches "
+        "of batch %d, %d steps, %.2f epochs)",
+        epsilon,
+        record["delta"],
+        record["noise_multiplier"],
+        record["l2_norm_clip"],
+        record["microbatches"],
+        record["batch_size"],
+        record["steps"],
+        record["epochs"],
+    )
+    return record
+
+
 def run(config: TrainConfig) -> dict[str, Any]:
     """Trains, exports and writes the manifest (last).
 
@@ -452,7 +516,9 @@ def run(config: TrainConfig) -> dict[str, Any]:
     Raises:
         cli.JobError: an unfinished or unsuitable transform output, a bad model function or base
             model, or devices that cannot be split any more.
-        click.BadParameter: bad `--hparams`, or a batch that does not divide among the replicas.
+        click.BadParameter: bad `--hparams`, a batch that does not divide among the replicas,
+            or DP-SGD flags outside their constraints.
+        click.UsageError: DP-SGD flags without the noise multiplier or the clip.
     """
     started_at = artifacts.utc_now()
     manifest_path = FileSystems.join(config.output_dir, artifacts.MANIFEST_FILE)
@@ -461,9 +527,12 @@ def run(config: TrainConfig) -> dict[str, Any]:
         FileSystems.delete([manifest_path])
     tf_transform_output, transform_manifest = _load_transform(config)
     hparams = _hparams(config)
+    dp_options = _dp_options(config, transform_manifest)
     strategy, replicas = _strategy(config)
-    keras_model = _build(config, strategy, tf_transform_output, hparams)
-    result = _fit(config, keras_model, tf_transform_output, transform_manifest)
+    if dp_options is not None:
+        dp.check_replicas(dp_options, replicas)
+    keras_model, trainer = _build(config, strategy, tf_transform_output, hparams, dp_options)
+    result = _fit(config, keras_model, trainer, tf_transform_output, transform_manifest)
     export_path = export_model(
         keras_model, tf_transform_output, config.output_dir, config.label_key
     )
@@ -482,6 +551,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
             "devices": list(strategy.extended.worker_devices),
         },
         "metrics": result["metrics"],
+        "privacy": _privacy(dp_options, config, result["counts"]),
         "export_path": export_path,
         "package_versions": artifacts.package_versions(),
         "started_at": started_at,
@@ -546,6 +616,31 @@ def run(config: TrainConfig) -> dict[str, Any]:
     default=0,
     help="Stop after this many epochs without a lower eval loss (0: never).",
 )
+@click.option(
+    "--dp_noise_multiplier",
+    type=float,
+    default=None,
+    help="DP-SGD: Gaussian noise stddev relative to the clip (>= 0); needs --dp_l2_norm_clip.",
+)
+@click.option(
+    "--dp_l2_norm_clip",
+    type=float,
+    default=None,
+    help="DP-SGD: largest L2 norm of one microbatch's gradient (> 0).",
+)
+@click.option(
+    "--dp_microbatches",
+    type=int,
+    default=None,
+    help="DP-SGD: microbatches per global batch, dividing it [default: the batch size].",
+)
+@click.option(
+    "--dp_delta",
+    type=float,
+    default=None,
+    help="DP-SGD: delta of the reported epsilon, in (0, 1) [default: 1/training examples "
+    "rounded down to a power of ten].",
+)
 @cli.reports_job_errors
 def main(**flags: Any) -> None:
     """Trains the model named by `--model_fn` on `--transform_dir`."""
@@ -560,4 +655,4 @@ def main(**flags: Any) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_module_main(__spec__.name)
