@@ -6,6 +6,8 @@ import collections
 import csv
 import json
 import pathlib
+import subprocess
+import sys
 
 import fastavro
 import pyarrow as pa
@@ -15,7 +17,7 @@ import tensorflow as tf
 from click.testing import CliRunner
 
 from beam_jobs import artifacts, cli, ingest, records
-from tests.conftest import direct_options
+from tests.conftest import REPO_ROOT, direct_options
 
 SMALL_CSV = (
     "\ufeffComplaint ID,Product,Sub-product,ZIP code,Consumer disputed?,\r\n"
@@ -463,3 +465,41 @@ def test_privacy_flags_are_checked_against_the_header(tmp_path):
         [f"--input={path}", f"--output_dir={tmp_path / 'out'}", "--scrub=product:passport"],
     )
     assert result.exit_code == cli.EXIT_USAGE
+
+
+def test_python_m_on_two_worker_processes_writes_the_same_bytes(tmp_path):
+    data = tmp_path / "complaints.csv"
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "scripts" / "generate_demo_data.py"),
+            f"--output={data}",
+            "--rows=2000",
+        ],
+        check=True,
+    )
+    outputs = {}
+    for name, extra in (
+        ("one", []),
+        ("two", ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]),
+    ):
+        outputs[name] = tmp_path / name
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "beam_jobs.ingest",
+                f"--input={data}",
+                f"--output_dir={outputs[name]}",
+                "--runner=DirectRunner",
+                *extra,
+            ],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+    for split in ("train", "eval"):
+        (one,) = (outputs["one"] / split).iterdir()
+        (two,) = (outputs["two"] / split).iterdir()
+        assert one.read_bytes() == two.read_bytes()
