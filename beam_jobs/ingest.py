@@ -62,6 +62,7 @@ SCRUBBED_PREFIX = "scrubbed_"
 ROWS_REJECTED = "rows_rejected"
 _COUNTS_FILE = ".counts.json"
 _SHARD_INPUT_BYTES = 256 << 20
+_ROWS_PER_BATCH = 1024
 _SPLIT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SPAN, _VERSION = "{SPAN}", "{VERSION}"
 
@@ -327,10 +328,12 @@ def rejected_line(file: str, line: int, reason: str, raw: Any) -> str:
     return json.dumps({"file": file, "line": line, "reason": reason, "row": raw}, default=repr)
 
 
-class _TypeRow(beam.DoFn):
-    """`RawRow` → (sort key, serialized tf.Example), or (sort key, rejected line) tagged REJECTED.
+class _TypeRows(beam.DoFn):
+    """Batches of `RawRow`s → (sort key, serialized tf.Example) each, or (sort key, rejected line)
+    tagged REJECTED.
 
-    The sort key is (input file index, line): where the row came from, in input order.
+    The sort key is (input file index, line): where the row came from, in input order. Rows are
+    encoded a batch at a time (`records.encode_examples`), each independently of its batch.
     """
 
     REJECTED = "rejected"
@@ -349,25 +352,34 @@ class _TypeRow(beam.DoFn):
         self._read = beam.metrics.Metrics.counter(stage, ROWS_READ)
         self._rejected = beam.metrics.Metrics.counter(stage, ROWS_REJECTED)
 
-    def process(self, row: RawRow, inferred: dict[str, ColumnType]) -> Iterator[Any]:
-        self._read.inc()
-        sort_key = (self._file_index[row.file], row.line)
-        error = row.error
-        if error is None:
-            values, scrubbed = privacy.apply_policy(row.values, self._policy)
-            try:
-                example = records.encode_example(values, {**inferred, **self._schema_types})
-            except ValueError as conversion_error:
-                error = str(conversion_error)
-        if error is not None:
-            self._rejected.inc()
-            raw = privacy.scrub_rejected_row(row.values, row.raw, self._policy)
-            rejected = rejected_line(row.file, row.line, error, raw)
-            yield beam.pvalue.TaggedOutput(self.REJECTED, (sort_key, rejected))
-            return
-        for kind, count in scrubbed.items():
-            yield beam.pvalue.TaggedOutput(self.SCRUBBED, (SCRUBBED_PREFIX + kind, count))
-        yield sort_key, example.SerializeToString(deterministic=True)
+    def _reject(self, row: RawRow, sort_key: tuple[int, int], reason: str) -> Any:
+        self._rejected.inc()
+        raw = privacy.scrub_rejected_row(row.values, row.raw, self._policy)
+        line = rejected_line(row.file, row.line, reason, raw)
+        return beam.pvalue.TaggedOutput(self.REJECTED, (sort_key, line))
+
+    def process(self, rows: list[RawRow], inferred: dict[str, ColumnType]) -> Iterator[Any]:
+        self._read.inc(len(rows))
+        parsed, values, scrubbed = [], [], []
+        for row in rows:
+            sort_key = (self._file_index[row.file], row.line)
+            if row.error is not None:
+                yield self._reject(row, sort_key, row.error)
+                continue
+            row_values, row_scrubbed = privacy.apply_policy(row.values, self._policy)
+            parsed.append((row, sort_key))
+            values.append(row_values)
+            scrubbed.append(row_scrubbed)
+        encoded = records.encode_examples(values, {**inferred, **self._schema_types})
+        for (row, sort_key), (serialized, error), row_scrubbed in zip(
+            parsed, encoded, scrubbed, strict=True
+        ):
+            if error is not None:
+                yield self._reject(row, sort_key, error)
+                continue
+            for kind, count in row_scrubbed.items():
+                yield beam.pvalue.TaggedOutput(self.SCRUBBED, (SCRUBBED_PREFIX + kind, count))
+            yield sort_key, serialized
 
 
 class RawRowsToExamples(beam.PTransform):
@@ -408,15 +420,21 @@ class RawRowsToExamples(beam.PTransform):
             )
         inferred = read_for_types | "InferColumnTypes" >> beam.CombineGlobally(_MergeColumnTypes())
         rows = pipeline | "ReadForExamples" >> ReadRawRows(self._files, self._format)
-        converted = rows | "ConvertRows" >> beam.ParDo(
-            _TypeRow(self._files, self._schema_types, self._stage, self._policy),
-            beam.pvalue.AsSingleton(inferred),
-        ).with_outputs(_TypeRow.REJECTED, _TypeRow.SCRUBBED, main="examples")
+        converted = (
+            rows
+            | "BatchRows"
+            >> beam.BatchElements(min_batch_size=_ROWS_PER_BATCH, max_batch_size=_ROWS_PER_BATCH)
+            | "ConvertRows"
+            >> beam.ParDo(
+                _TypeRows(self._files, self._schema_types, self._stage, self._policy),
+                beam.pvalue.AsSingleton(inferred),
+            ).with_outputs(_TypeRows.REJECTED, _TypeRows.SCRUBBED, main="examples")
+        )
         return {
             "rows": rows,
             "examples": converted.examples,
-            "rejected": converted[_TypeRow.REJECTED],
-            "scrubbed": converted[_TypeRow.SCRUBBED],
+            "rejected": converted[_TypeRows.REJECTED],
+            "scrubbed": converted[_TypeRows.SCRUBBED],
         }
 
 

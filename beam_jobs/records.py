@@ -11,6 +11,7 @@ feature, never an empty string or a zero.
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import enum
@@ -19,14 +20,18 @@ import io
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import tensorflow as tf
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
+from tfx_bsl.coders import example_coder
 
 from beam_jobs import artifacts
 from beam_jobs.cli import JobError
@@ -38,6 +43,7 @@ __all__ = [
     "column_types_from_schema",
     "detect_format",
     "encode_example",
+    "encode_examples",
     "normalize_column_name",
     "normalize_header",
     "read_csv_header",
@@ -57,8 +63,8 @@ _EXTENSIONS = {
     ".ndjson": JSONL,
     ".json": JSONL,
 }
-_INT_TEXT = re.compile(r"[-+]?\d+")
-_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_INT_TEXT = re.compile(r"[-+]?[0-9]+")
+_FLOAT_TEXT = re.compile(r"[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _PARQUET_BATCH_ROWS = 4096
 # Narratives run to tens of kilobytes; Python's default limit of 128 KiB per field is too tight.
@@ -409,3 +415,101 @@ def encode_example(
                 f"column {column!r}: {shown!r} {error} ({column_type.name} column)"
             ) from None
     return example
+
+
+# Texts the batch path accepts per column type, as RE2 patterns matching what `_as_int` and
+# `_as_float` accept (pyarrow's own parser then converts them).
+_ARROW_TEXT_CHECKS = {
+    ColumnType.INT: (r"^[-+]?[0-9]+$", "is not an integer"),
+    ColumnType.FLOAT: (
+        r"^([-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?|(?i:nan|inf))$",
+        "is not a number",
+    ),
+}
+_ARROW_TYPES = {
+    ColumnType.INT: pa.int64(),
+    ColumnType.FLOAT: pa.float32(),
+    ColumnType.BYTES: pa.binary(),
+}
+
+
+@functools.cache
+def _example_encoder() -> example_coder.RecordBatchToExamplesEncoder:
+    return example_coder.RecordBatchToExamplesEncoder()
+
+
+def encode_examples(
+    rows: Sequence[Mapping[str, Any]], column_types: Mapping[str, ColumnType]
+) -> list[tuple[bytes | None, str | None]]:
+    """Serialized `tf.Example`s of many rows: per row (bytes, None), or (None, why it failed).
+
+    Rows of text values (CSV) are typed column by column in Arrow and encoded by tfx_bsl's C++
+    encoder, several times faster than one protobuf per row; other rows, and a batch holding a
+    text Arrow parses differently from Python (`+5`, an int64 overflow), take the per-row path.
+    Both give the same examples: sorted features, absent values absent.
+    """
+    if rows and all(type(value) is str for row in rows for value in row.values()):
+        try:
+            return _encode_text_rows(rows, column_types)
+        except pa.ArrowException:
+            pass
+    return [_encode_row(row, column_types) for row in rows]
+
+
+def _encode_row(
+    values: Mapping[str, Any], column_types: Mapping[str, ColumnType]
+) -> tuple[bytes | None, str | None]:
+    try:
+        return encode_example(values, column_types).SerializeToString(deterministic=True), None
+    except ValueError as error:
+        return None, str(error)
+
+
+def _typed_column(
+    column: str, texts: list[str | None], kind: ColumnType
+) -> tuple[pa.Array, list[str | None]]:
+    """A column's texts as an Arrow array of its type, and per row why a text does not fit."""
+    array = pa.array(texts, pa.string())
+    errors: list[str | None] = [None] * len(texts)
+    if kind is ColumnType.BYTES:
+        return array.cast(pa.binary()), errors
+    pattern, problem = _ARROW_TEXT_CHECKS[kind]
+    misfits = pc.invert(pc.fill_null(pc.match_substring_regex(array, pattern), True))
+    for index in np.flatnonzero(misfits.to_numpy(zero_copy_only=False)):
+        errors[index] = f"column {column!r}: {texts[index]!r} {problem} ({kind.name} column)"
+    fitting = pc.if_else(misfits, pa.scalar(None, pa.string()), array)
+    return fitting.cast(_ARROW_TYPES[kind]), errors
+
+
+def _encode_text_rows(
+    rows: Sequence[Mapping[str, str]], column_types: Mapping[str, ColumnType]
+) -> list[tuple[bytes | None, str | None]]:
+    errors: list[str | None] = [None] * len(rows)
+    typed = {}
+    for column in sorted(set().union(*rows)):
+        texts = [row.get(column) for row in rows]
+        kind = column_types.get(column) or max(map(value_type, filter(None, texts)))
+        typed[column], column_errors = _typed_column(column, texts, kind)
+        errors = [mine or theirs for mine, theirs in zip(errors, column_errors, strict=True)]
+    results: list[tuple[bytes | None, str | None]] = [(None, error) for error in errors]
+    # Rows with the same columns present are encoded together, so every list is one value long
+    # and no absent value becomes an empty feature.
+    by_columns: dict[tuple[str, ...], list[int]] = collections.defaultdict(list)
+    for index, row in enumerate(rows):
+        if errors[index] is None:
+            by_columns[tuple(sorted(row))].append(index)
+    for columns, indexes in by_columns.items():
+        if not columns:
+            for index in indexes:
+                results[index] = (b"", None)
+            continue
+        take = pa.array(indexes, pa.int64())
+        offsets = pa.array(np.arange(len(indexes) + 1, dtype=np.int32))
+        arrays = [pa.ListArray.from_arrays(offsets, typed[c].take(take)) for c in columns]
+        batch = pa.RecordBatch.from_arrays(arrays, names=list(columns))
+        for index, serialized in zip(indexes, _example_encoder().encode(batch), strict=True):
+            # The C++ encoder orders features by hash: re-serialize them sorted, as protobuf's
+            # deterministic mode does for the per-row path, so both give the same bytes.
+            example = tf.train.Example.FromString(serialized)
+            results[index] = (example.SerializeToString(deterministic=True), None)
+    return results

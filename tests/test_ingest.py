@@ -503,3 +503,18 @@ def test_python_m_on_two_worker_processes_writes_the_same_bytes(tmp_path):
         (one,) = (outputs["one"] / split).iterdir()
         (two,) = (outputs["two"] / split).iterdir()
         assert one.read_bytes() == two.read_bytes()
+
+
+def test_batch_encoding_equals_the_per_row_path(cfpb_2015_csv):
+    rows = [row.values for row in records.read_rows(str(cfpb_2015_csv), records.CSV)][:3000]
+    rows += [{"complaint_id": "x2"}, {"zip_code": "1.5e3"}, {}, {"complaint_id": "nan"}]
+    types = {"complaint_id": records.ColumnType.INT, "zip_code": records.ColumnType.FLOAT}
+    per_row = [records._encode_row(row, types) for row in rows]
+    assert records.encode_examples(rows, types) == per_row
+    assert per_row[-4] == (None, "column 'complaint_id': 'x2' is not an integer (INT column)")
+    assert per_row[-2] == (b"", None)
+    # Texts Arrow parses otherwise than Python send the batch down the per-row path.
+    tricky = [{"complaint_id": "+5"}, {"complaint_id": str(2**70)}]
+    assert records.encode_examples(tricky, types) == [
+        records._encode_row(row, types) for row in tricky
+    ]
