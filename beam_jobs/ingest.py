@@ -289,6 +289,8 @@ class _MergeColumnTypes(beam.CombineFn):
 
     def add_input(self, accumulator: dict[str, ColumnType], row: RawRow) -> dict[str, ColumnType]:
         for column, value in (row.values or {}).items():
+            if accumulator.get(column) is ColumnType.BYTES:
+                continue  # Already the widest type: most columns settle here early.
             kind = records.value_type(value)
             if kind is not None and kind > accumulator.get(column, 0):
                 accumulator[column] = kind

@@ -121,6 +121,8 @@ def apply_policy(
     values: Mapping[str, Any], policy: PrivacyPolicy
 ) -> tuple[dict[str, Any], collections.Counter]:
     """One row's values without the dropped columns and with its text scrubbed."""
+    if not policy.active:
+        return dict(values), collections.Counter()
     kept: dict[str, Any] = {}
     counts: collections.Counter = collections.Counter()
     for column, value in values.items():
