@@ -7,6 +7,9 @@ import setuptools
 REQUIRED_PACKAGES = [
     "apache-beam[gcp,aws]==2.60.0",
     "click>=8.1,<9",
+    # Privacy accounting (epsilon) of our DP-SGD; TensorFlow Privacy does not import with TF 2.16.
+    # 0.5 and later pin attrs 23, older than the rest of the stack installs.
+    "dp-accounting==0.4.4",
     # FairnessIndicators metric for TFMA 0.47 lives in this package (see README).
     "fairness-indicators==0.47.0",
     # Report plots (calibration, ROC, PR) drawn as pictures, readable without Jupyter.

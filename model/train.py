@@ -464,20 +464,14 @@ def _fit(
     }
 
 
-def _dp_options(config: TrainConfig, transform_manifest: dict[str, Any]) -> dp.DPOptions | None:
+def _dp_options(config: TrainConfig) -> dp.DPOptions | None:
     """The checked DP-SGD options of the `--dp_*` flags (None without them)."""
-    if config.dp_noise_multiplier is None and config.dp_l2_norm_clip is None:
-        train_examples = 0  # not needed: dp_options only checks the other flags are absent
-    else:
-        train_files = _example_files(config.transform_dir, TRAIN_SPLIT)
-        train_examples = _train_examples(transform_manifest, train_files)
     return dp.dp_options(
         noise_multiplier=config.dp_noise_multiplier,
         l2_norm_clip=config.dp_l2_norm_clip,
         microbatches=config.dp_microbatches,
         delta=config.dp_delta,
         batch_size=config.batch_size,
-        train_examples=train_examples,
     )
 
 
@@ -525,12 +519,14 @@ def run(config: TrainConfig) -> dict[str, Any]:
     if FileSystems.exists(manifest_path):
         # Un-commit the previous run first: no crash below may leave its manifest over new files.
         FileSystems.delete([manifest_path])
+    dp_options = _dp_options(config)
     tf_transform_output, transform_manifest = _load_transform(config)
     hparams = _hparams(config)
-    dp_options = _dp_options(config, transform_manifest)
     strategy, replicas = _strategy(config)
     if dp_options is not None:
         dp.check_replicas(dp_options, replicas)
+        train_files = _example_files(config.transform_dir, TRAIN_SPLIT)
+        dp_options = dp_options.with_default_delta(_train_examples(transform_manifest, train_files))
     keras_model, trainer = _build(config, strategy, tf_transform_output, hparams, dp_options)
     result = _fit(config, keras_model, trainer, tf_transform_output, transform_manifest)
     export_path = export_model(

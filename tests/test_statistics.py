@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import subprocess
 
-import numpy as np
 import pytest
-import tensorflow as tf
 from apache_beam.testing import test_pipeline
 from click.testing import CliRunner
 
 from beam_jobs import artifacts, cli, records, statistics
+from tests import browser
 from tests.conftest import direct_options
 
 CFPB_2015_FEATURES = (
@@ -30,16 +27,6 @@ CFPB_2015_FEATURES = (
     "company_response",
     "timely_response",
     "consumer_disputed",
-)
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
 )
 
 
@@ -110,33 +97,9 @@ def test_stats_html_names_every_feature(statistics_2015):
     assert "product_Mortgage" in page
 
 
-def _chromium() -> str:
-    if os.path.exists(CHROMIUM):
-        return CHROMIUM
-    if os.environ.get("CI"):
-        pytest.fail(f"{CHROMIUM} is missing in CI; scripts/run_tests.sh installs it")
-    pytest.skip(f"{CHROMIUM} not installed (scripts/run_tests.sh installs it as root)")
-
-
 def test_stats_html_renders_in_headless_chromium(statistics_2015, tmp_path):
-    screenshot = tmp_path / "stats.png"
-    page = (statistics_2015 / "train" / statistics.HTML_FILE).resolve()
-    subprocess.run(
-        [
-            _chromium(),
-            *CHROMIUM_FLAGS,
-            f"--user-data-dir={tmp_path / 'profile'}",
-            f"--screenshot={screenshot}",
-            "--window-size=1200,1600",
-            page.as_uri(),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    pixels = tf.io.decode_png(screenshot.read_bytes()).numpy()
-    assert pixels.shape[:2] == (1600, 1200)
-    dark = np.count_nonzero(pixels[..., :3].max(axis=-1) < 128)
+    pixels = browser.screenshot(statistics_2015 / "train" / statistics.HTML_FILE, tmp_path)
+    dark = browser.dark_pixels(pixels)
     assert dark > 10_000, "the screenshot is (nearly) blank: the page drew no text"
 
 
