@@ -585,4 +585,4 @@ def main(**flags: Any) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_module_main(__spec__.name)
