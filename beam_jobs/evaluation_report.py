@@ -258,7 +258,7 @@ def _metric_table(
                 header += [f"{metric_label(key)} baseline", f"{metric_label(key)} change"]
                 columns += [key._replace(model_name=baseline), key._replace(is_diff=True)]
     rows = [[item.name, *(_cell(item.values.get(key)) for key in columns)] for item in slices]
-    return reports._table(header, rows)
+    return reports.table(header, rows)
 
 
 def _fairness_table(slices: Sequence[SlicedValues], candidate: str) -> str:
@@ -282,7 +282,7 @@ def _fairness_table(slices: Sequence[SlicedValues], candidate: str) -> str:
         metric, _, threshold = key.name[len(FAIRNESS_PREFIX) :].partition("@")
         header.append(f"{FAIRNESS_SHOWN[metric]}@{threshold}")
     rows = [[item.name, *(_cell(item.values.get(key)) for key in keys)] for item in slices]
-    return reports._table(header, rows)
+    return reports.table(header, rows)
 
 
 def _thresholds_section(blessing: Mapping[str, Any]) -> list[str]:
@@ -304,7 +304,7 @@ def _thresholds_section(blessing: Mapping[str, Any]) -> list[str]:
             "<p>No baseline model (nothing serves yet): change thresholds were skipped, "
             "value thresholds decided.</p>"
         )
-    body.append(reports._table(["threshold", "value", "bound", "result"], rows))
+    body.append(reports.table(["threshold", "value", "bound", "result"], rows))
     return body
 
 
@@ -352,4 +352,4 @@ def evaluation_html(
         fairness = _fairness_table(members, candidate)
         if fairness:
             body += [f"<h3>Fairness indicators {heading}</h3>", fairness]
-    return reports._page(title, body)
+    return reports.page(title, body)

@@ -392,7 +392,7 @@ def _model_section(sources: Sources) -> list[str]:
         rows += [(f"hparam {key}", str(value)) for key, value in parameters["hparams"].items()]
     return [
         "<h2>Model</h2>",
-        reports._table(["property", "value"], [(k, _cell(v)) for k, v in rows]),
+        reports.table(["property", "value"], [(k, _cell(v)) for k, v in rows]),
     ]
 
 
@@ -401,7 +401,7 @@ def _data_section(sources: Sources, summaries: Sequence[DataSummary], date_featu
     body = ["<h2>Training data</h2>"]
     raw = ingest.get("inputs", {}).get("raw", [])
     body.append(
-        reports._table(
+        reports.table(
             ["source file", "bytes", "sha256"],
             [(item["path"], item.get("size", ""), item.get("sha256", "")[:16]) for item in raw],
         )
@@ -418,7 +418,7 @@ def _data_section(sources: Sources, summaries: Sequence[DataSummary], date_featu
         for item in summaries
     ]
     body.append(
-        reports._table(
+        reports.table(
             ["split", "rows", "positive labels", "positive share", "first date", "last date"],
             [[_cell(cell) for cell in row] for row in rows],
         )
@@ -452,7 +452,7 @@ def _schema_section(sources: Sources) -> list[str]:
     return [
         "<h2>Schema</h2>",
         f"<p>{html.escape(schema_path)}: {len(rows)} features.</p>",
-        reports._table(["feature", "type", "presence", "domain values"], rows),
+        reports.table(["feature", "type", "presence", "domain values"], rows),
     ]
 
 
@@ -474,7 +474,7 @@ def _privacy_section(training: dict[str, Any] | None) -> list[str]:
     )
     keys = ("noise_multiplier", "l2_norm_clip", "microbatches", "batch_size", "steps", "epochs")
     rows = [(key, privacy[key]) for key in (*keys, "sampling_probability", "train_examples")]
-    return [*body, reports._table(["parameter", "value"], rows)]
+    return [*body, reports.table(["parameter", "value"], rows)]
 
 
 def _slices_table(slices: Sequence[SliceMetrics]) -> str:
@@ -490,7 +490,7 @@ def _slices_table(slices: Sequence[SliceMetrics]) -> str:
         ]
         for item in slices
     ]
-    return reports._table(header, rows)
+    return reports.table(header, rows)
 
 
 def _metrics_sections(sources: Sources, slices: Sequence[SliceMetrics], min_examples: int):
@@ -535,7 +535,7 @@ def model_card_html(
     body.append("<h2>Known limitations</h2>")
     items = limitations(summaries, slices, sources, config)
     body.append("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in items) + "</ul>")
-    return reports._page(f"Model card: {sources.model_dir}", body)
+    return reports.page(f"Model card: {sources.model_dir}", body)
 
 
 def run(config: ModelCardConfig) -> str:

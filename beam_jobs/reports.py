@@ -21,7 +21,9 @@ __all__ = [
     "anomalies_html",
     "anomaly_rows",
     "default_slice",
+    "page",
     "statistics_html",
+    "table",
 ]
 
 DEFAULT_SLICE = "All Examples"  # TFDV's name of the unsliced dataset.
@@ -62,7 +64,8 @@ def default_slice(
     return result
 
 
-def _page(title: str, body: Iterable[str]) -> str:
+def page(title: str, body: Iterable[str]) -> str:
+    """A standalone HTML page (inline styles) around the body parts."""
     return "\n".join(
         [
             "<!DOCTYPE html>",
@@ -75,7 +78,8 @@ def _page(title: str, body: Iterable[str]) -> str:
     )
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+def table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """An HTML table: numbers right-aligned (ints with separators, floats to 4 digits)."""
     head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
     lines = [f"<table><tr>{head}</tr>"]
     for row in rows:
@@ -119,26 +123,26 @@ def statistics_html(stats: statistics_pb2.DatasetFeatureStatisticsList, title: s
     """A standalone page for one split's statistics: summary table, slices, Facets Overview."""
     whole = default_slice(stats)
     if not whole.datasets:
-        return _page(title, ["<p>No statistics (empty split).</p>"])
+        return page(title, ["<p>No statistics (empty split).</p>"])
     dataset = whole.datasets[0]
     rows = [_feature_row(feature, dataset.num_examples) for feature in dataset.features]
     body = [
         f"<p>{dataset.num_examples:,} examples, {len(rows)} features.</p>",
         "<h2>Features</h2>",
-        _table(["feature", "type", "present", "missing", "unique", "top values / range"], rows),
+        table(["feature", "type", "present", "missing", "unique", "top values / range"], rows),
     ]
     slices = [item for item in stats.datasets if item.name not in ("", DEFAULT_SLICE)]
     if slices:
         body += [
             "<h2>Slices</h2>",
-            _table(["slice", "examples"], [(item.name, item.num_examples) for item in slices]),
+            table(["slice", "examples"], [(item.name, item.num_examples) for item in slices]),
         ]
     body += [
         "<h2>Facets Overview</h2>",
         "<p>TFDV's interactive view; the browser loads Facets from the web to draw it.</p>",
         display_util.get_statistics_html(whole),
     ]
-    return _page(title, body)
+    return page(title, body)
 
 
 def anomaly_rows(split: str, anomalies: anomalies_pb2.Anomalies) -> list[AnomalyRow]:
@@ -179,9 +183,9 @@ def anomalies_html(
             f"feature(s)</span></h2>"
         )
         body.append(
-            _table(
+            table(
                 ["feature", "severity", "anomaly", "description"],
                 [(r.feature, r.severity, r.short_description, r.description) for r in rows],
             )
         )
-    return _page(title, body)
+    return page(title, body)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import pathlib
 import shutil
 import subprocess
@@ -12,7 +11,6 @@ import sys
 
 import numpy as np
 import pytest
-import tensorflow as tf
 import tensorflow_model_analysis as tfma
 from click.testing import CliRunner
 from google.protobuf import text_format
@@ -25,18 +23,9 @@ from tensorflow_model_analysis.slicer import slicer_lib
 
 from beam_jobs import artifacts, cli, evaluate, evaluation_report
 from model import features
+from tests import browser
 from tests.conftest import REPO_ROOT, direct_options
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-)
 BAD_TRAIN_STEPS = 1  # Seeded initial weights and one step: eval AUC 0.489 on the 2015 data.
 AUC_VALUE_CHECK = "auc >= 0.6 (overall)"
 AUC_CHANGE_CHECK = "auc change >= +0.01 vs baseline (overall)"
@@ -336,14 +325,6 @@ def test_examples_that_differ_from_ingest_counts_are_an_error(
     assert not (tmp_path / "evaluation").exists()
 
 
-def _chromium() -> str:
-    if os.path.exists(CHROMIUM):
-        return CHROMIUM
-    if os.environ.get("CI"):
-        pytest.fail(f"{CHROMIUM} is missing in CI; scripts/run_tests.sh installs it")
-    pytest.skip(f"{CHROMIUM} not installed (scripts/run_tests.sh installs it as root)")
-
-
 def test_report_has_per_slice_metrics_and_plots_and_renders_in_chromium(evaluated_2015, tmp_path):
     page = evaluated_2015 / evaluate.REPORT_FILE
     text = page.read_text()
@@ -354,24 +335,8 @@ def test_report_has_per_slice_metrics_and_plots_and_renders_in_chromium(evaluate
     assert "product=Debt collection" in text and "state=TX" in text
     assert "FPR@0.25" in text  # fairness indicators per slice
     assert text.count('src="data:image/png;base64,') == 2  # overall plots, ROC by product
-    screenshot = tmp_path / "report.png"
-    subprocess.run(
-        [
-            _chromium(),
-            *CHROMIUM_FLAGS,
-            f"--user-data-dir={tmp_path / 'profile'}",
-            f"--screenshot={screenshot}",
-            "--window-size=1200,1600",
-            page.resolve().as_uri(),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    pixels = tf.io.decode_png(screenshot.read_bytes()).numpy()
-    assert pixels.shape[:2] == (1600, 1200)
-    dark = np.count_nonzero(pixels[..., :3].max(axis=-1) < 128)
-    assert dark > 10_000, "the screenshot is (nearly) blank: the page drew no text"
+    pixels = browser.screenshot(page, tmp_path)
+    assert browser.dark_pixels(pixels) > 10_000, "the screenshot is (nearly) blank: no text"
     colored = np.count_nonzero(np.ptp(pixels[..., :3].astype(int), axis=-1) > 60)
     assert colored > 1_000, "no coloured pixels: the plots were not drawn"
 
