@@ -274,13 +274,16 @@ def build_pipeline(pipeline: beam.Pipeline, plan: TransformPlan, staging_dir: st
         for split, pattern in plan.split_patterns.items()
     }
     adapter_config = next(iter(sources.values())).TensorAdapterConfig()
+    # Analysis and transformation read the data separately: one PCollection feeding both would
+    # be held whole in memory until the analyzers finish (the transform waits on their result).
+    analyze_data = [
+        pipeline | f"ReadForAnalysis{_split_label(split)}" >> sources[split].BeamSource()
+        for split in plan.analyze_splits
+    ] | "FlattenAnalyzeSplits" >> beam.Flatten()
     raw = {
         split: pipeline | f"Read{_split_label(split)}" >> source.BeamSource()
         for split, source in sources.items()
     }
-    analyze_data = [raw[split] for split in plan.analyze_splits] | "FlattenAnalyzeSplits" >> (
-        beam.Flatten()
-    )
     transform_fn = analyze_data | "Analyze" >> AnalyzeSplits(plan, adapter_config)
     _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(staging_dir)
     keyed = [
