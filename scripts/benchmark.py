@@ -85,7 +85,7 @@ def _tree_rss(process: psutil.Process) -> int:
     return total
 
 
-def timed(command: list[str]) -> tuple[float, float]:
+def timed(command: list[str], ok_codes: tuple[int, ...] = (0,)) -> tuple[float, float]:
     """Runs a command; returns (seconds, peak MB of its process tree). Fails loudly on error."""
     start = time.perf_counter()
     child = subprocess.Popen(
@@ -110,7 +110,7 @@ def timed(command: list[str]) -> tuple[float, float]:
     done.set()
     poller.join()
     seconds = time.perf_counter() - start
-    if child.returncode != 0:
+    if child.returncode not in ok_codes:
         tail = stderr.decode("utf-8", "replace")[-3000:]
         raise SystemExit(f"benchmark: {' '.join(command)} failed ({child.returncode}):\n{tail}")
     return seconds, peak / 2**20
@@ -181,8 +181,10 @@ class Benchmark:
         self.results: list[Measurement] = []
         self.model_dir: pathlib.Path | None = None
 
-    def measure(self, stage: str, size: str, rows: int, command: list[str], **extra) -> Measurement:
-        seconds, peak_mb = timed(command)
+    def measure(
+        self, stage: str, size: str, rows: int, command: list[str], ok_codes=(0,), **extra
+    ) -> Measurement:
+        seconds, peak_mb = timed(command, ok_codes)
         result = Measurement(stage, size, rows, seconds, peak_mb, **extra)
         self.results.append(result)
         print(
@@ -316,6 +318,7 @@ class Benchmark:
                 f"--examples_dir={ingest_dir}",
                 f"--output_dir={root / 'evaluate'}",
             ),
+            ok_codes=(0, 4),  # blessed or not, the evaluation ran in full
         )
 
     def _train(self, transform_dir: pathlib.Path, output_dir: pathlib.Path) -> pathlib.Path:
@@ -414,7 +417,8 @@ def main() -> None:
     for size in sorted(set(sizes) | {1}):
         path = args.workdir / "data" / f"{size}x.csv"
         plan.append((f"{size}x", path, replicate_csv(args.source, path, size)))
-    for label, path, rows in plan:  # start-up first, then growing sizes
+    # 1x first: it trains the model every size's evaluate scores. Then start-up, then larger sizes.
+    for label, path, rows in [plan[1], plan[0], *plan[2:]]:
         print(f"size {label}: {rows:,} rows", flush=True)
         benchmark.run_size(label, path, rows)
     scaling = scaling_report(benchmark.results)
