@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sourced by the other scripts: makes sure .venv exists with the project installed, and puts it first
-# on PATH. `ensure_venv` installs the package; `ensure_venv dev` adds the test tools.
+# on PATH. `ensure_venv` installs the package; `ensure_venv dev` adds the test tools. Installs again
+# only when setup.py (or the extras asked for) changed since the last install.
 # PYTHON picks the interpreter (default python3.11); VENV_DIR the environment (default .venv).
 
 ensure_venv() {
@@ -16,8 +17,12 @@ ensure_venv() {
   fi
   local target="$repo"
   [ -n "$extras" ] && target="$repo[$extras]"
-  echo "installing $target into $venv" >&2
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -e "$target"
+  local stamp="$venv/.installed-$(sha256sum "$repo/setup.py" | cut -c1-16)-${extras:-base}"
+  if [ ! -f "$stamp" ] && [ ! -f "$venv/.installed-$(sha256sum "$repo/setup.py" | cut -c1-16)-dev" ]; then
+    echo "installing $target into $venv" >&2
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -e "$target"
+    touch "$stamp"
+  fi
   export PATH="$venv/bin:$PATH"
   export VIRTUAL_ENV="$venv"
 }
