@@ -197,121 +197,72 @@ class Benchmark:
     def _compare(self, result: Measurement, reference: Measurement, name: str) -> None:
         result.reference, result.ratio = name, result.seconds / reference.seconds
 
+    def stage(
+        self,
+        stage: str,
+        size: str,
+        rows: int,
+        flags: list[str],
+        output_dir: pathlib.Path,
+        reference: tuple[str, list[str]] | None = None,
+    ) -> Measurement:
+        """A Beam stage on one worker, beside its reference tool if any, then on two workers.
+
+        Returns the one-worker measurement; the two workers' run must write the same counts.
+        """
+        module = f"beam_jobs.{stage}"
+        single = self.measure(stage, size, rows, job(module, *flags, f"--output_dir={output_dir}"))
+        if reference:
+            name, arguments = reference
+            tool = [sys.executable, __file__, f"--reference={stage}", *arguments]
+            self._compare(single, self.measure(f"{stage} reference", size, rows, tool), name)
+        parallel_dir = output_dir.with_name(output_dir.name + "_mp")
+        multi = self.measure(
+            f"{stage} 2 workers",
+            size,
+            rows,
+            job(module, *flags, f"--output_dir={parallel_dir}", *MULTI_PROCESS),
+        )
+        counts = manifest_counts(output_dir)
+        assert manifest_counts(parallel_dir) == counts, f"{stage}: 2 workers changed the counts"
+        self._compare(multi, single, "1 worker")
+        return single
+
     def run_size(self, label: str, csv_path: pathlib.Path, rows: int) -> None:
         root = self.workdir / label
-        ingest_dir, stats_dir, transform_dir = (
-            root / "ingest",
-            root / "statistics",
-            root / "transform",
-        )
-        ingest = self.measure(
+        ingest_dir, transform_dir = root / "ingest", root / "transform"
+        self.stage(
             "ingest",
             label,
             rows,
-            job(
-                "beam_jobs.ingest",
-                f"--input={csv_path}",
-                f"--schema={SCHEMA}",
-                f"--output_dir={ingest_dir}",
-            ),
+            [f"--input={csv_path}", f"--schema={SCHEMA}"],
+            ingest_dir,
+            ("pyarrow+tfx_bsl converter", [str(csv_path), str(root / "ref.tfrecord.gz")]),
         )
         counts = manifest_counts(ingest_dir)
         assert counts["rows_read"] == rows == sum(counts["rows_written"].values()), counts
-        reference = self.measure(
-            "ingest reference",
-            label,
-            rows,
-            [
-                sys.executable,
-                __file__,
-                "--reference=ingest",
-                str(csv_path),
-                str(root / "ref.tfrecord.gz"),
-            ],
-        )
-        self._compare(ingest, reference, "pyarrow+tfx_bsl converter")
-        multi = self.measure(
-            "ingest 2 workers",
-            label,
-            rows,
-            job(
-                "beam_jobs.ingest",
-                f"--input={csv_path}",
-                f"--schema={SCHEMA}",
-                f"--output_dir={root / 'ingest_mp'}",
-                *MULTI_PROCESS,
-            ),
-        )
-        assert manifest_counts(root / "ingest_mp") == counts, "multi-processing lost or added rows"
-        self._compare(multi, ingest, "1 worker")
-
-        statistics = self.measure(
+        self.stage(
             "statistics",
             label,
             rows,
-            job(
-                "beam_jobs.statistics", f"--examples_dir={ingest_dir}", f"--output_dir={stats_dir}"
-            ),
+            [f"--examples_dir={ingest_dir}"],
+            root / "statistics",
+            ("tfdv.generate_statistics_from_csv", [str(csv_path), str(root / "ref.stats")]),
         )
-        reference = self.measure(
-            "statistics reference",
-            label,
-            rows,
-            [
-                sys.executable,
-                __file__,
-                "--reference=statistics",
-                str(csv_path),
-                str(root / "ref.stats"),
-            ],
-        )
-        self._compare(statistics, reference, "tfdv.generate_statistics_from_csv")
-        multi = self.measure(
-            "statistics 2 workers",
-            label,
-            rows,
-            job(
-                "beam_jobs.statistics",
-                f"--examples_dir={ingest_dir}",
-                f"--output_dir={root / 'statistics_mp'}",
-                *MULTI_PROCESS,
-            ),
-        )
-        self._compare(multi, statistics, "1 worker")
-
-        transform = self.measure(
+        self.stage(
             "transform",
             label,
             rows,
-            job(
-                "beam_jobs.transform",
-                f"--examples_dir={ingest_dir}",
-                f"--schema={SCHEMA}",
-                f"--output_dir={transform_dir}",
-            ),
+            [f"--examples_dir={ingest_dir}", f"--schema={SCHEMA}"],
+            transform_dir,
         )
         assert sum(manifest_counts(transform_dir)["examples_transformed"].values()) == rows
-        multi = self.measure(
-            "transform 2 workers",
-            label,
-            rows,
-            job(
-                "beam_jobs.transform",
-                f"--examples_dir={ingest_dir}",
-                f"--schema={SCHEMA}",
-                f"--output_dir={root / 'transform_mp'}",
-                *MULTI_PROCESS,
-            ),
-        )
-        self._compare(multi, transform, "1 worker")
-
         if self.model_dir is None:
             self.model_dir = self._train(transform_dir, root / "train")
-        eval_rows = counts["rows_written"]["eval"]
         self.measure(
             "evaluate",
             label,
-            eval_rows,
+            counts["rows_written"]["eval"],
             job(
                 "beam_jobs.evaluate",
                 f"--model_dir={self.model_dir}",
