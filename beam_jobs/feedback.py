@@ -473,19 +473,19 @@ def plan_feedback(config: FeedbackConfig) -> FeedbackPlan:
 def _complete_shards(staging_dir: str, plan: FeedbackPlan) -> None:
     """Writes empty files where nothing fell, so every split and aside has its file."""
     for split in plan.splits:
-        path = ingest.shard_path(
+        ingest.fill_missing_shards(
             FileSystems.join(staging_dir, split.name),
-            ingest.EXAMPLES_FILE_PREFIX,
-            0,
+            (ingest.EXAMPLES_FILE_PREFIX, ingest.EXAMPLES_FILE_SUFFIX),
             1,
-            ingest.EXAMPLES_FILE_SUFFIX,
+            ingest.write_tfrecord_shard,
         )
-        if not FileSystems.exists(path):
-            artifacts.write_tfrecords(path, [])
     for directory in (PROVENANCE_DIR, UNMATCHED_DIR, ingest.REJECTED_DIR):
-        path = ingest.shard_path(FileSystems.join(staging_dir, directory), directory, 0, 1, _JSONL)
-        if not FileSystems.exists(path):
-            ingest.write_jsonl_shard(path, [])
+        ingest.fill_missing_shards(
+            FileSystems.join(staging_dir, directory),
+            (directory, _JSONL),
+            1,
+            ingest.write_jsonl_shard,
+        )
 
 
 def _manifest_counts(raw: Mapping[str, int], plan: FeedbackPlan) -> dict[str, Any]:

@@ -456,17 +456,14 @@ def plan_infer(config: InferConfig) -> InferPlan:
 
 def _complete_shards(staging_dir: str, num_shards: int) -> None:
     """Writes empty files where no row fell, so every shard named exists."""
-    for (prefix, suffix), write in (
+    for file_name, write in (
         (_PREDICTIONS_FILE, ingest.write_jsonl_shard),
         (_LOGS_FILE, ingest.write_tfrecord_shard),
         ((ingest.REJECTED_DIR, ".jsonl"), ingest.write_jsonl_shard),
     ):
-        shards = 1 if prefix == ingest.REJECTED_DIR else num_shards
-        for shard in range(shards):
-            directory = FileSystems.join(staging_dir, prefix)
-            path = ingest.shard_path(directory, prefix, shard, shards, suffix)
-            if not FileSystems.exists(path):
-                write(path, [])
+        shards = 1 if file_name[0] == ingest.REJECTED_DIR else num_shards
+        directory = FileSystems.join(staging_dir, file_name[0])
+        ingest.fill_missing_shards(directory, file_name, shards, write)
 
 
 def _read_counts(staged: artifacts.StagedOutput, config: InferConfig) -> dict[str, int]:
@@ -520,13 +517,9 @@ def run(config: InferConfig, options: PipelineOptions) -> dict[str, Any]:
         counts = _read_counts(staged, config)
         _complete_shards(staged.staging_dir, plan.num_shards)
         read, rejected = counts[ingest.ROWS_READ], counts[ingest.ROWS_REJECTED]
-        if rejected > config.max_rejected_fraction * read:
-            staged.publish(inputs={}, parameters={}, counts={}, complete=False)
-            raise cli.JobError(
-                f"{rejected} of {read} rows rejected ({rejected / read:.2%}), more than "
-                f"--max_rejected_fraction={config.max_rejected_fraction}; reasons in "
-                f"{FileSystems.join(config.output_dir, ingest.REJECTED_DIR)}/"
-            )
+        ingest.publish_if_too_many_rejected(
+            staged, read, rejected, config.max_rejected_fraction, config.output_dir
+        )
         manifest = staged.publish(
             inputs={
                 "raw": [artifacts.file_fingerprint(item.path) for item in plan.files],

@@ -40,11 +40,13 @@ __all__ = [
     "WriteSortedShards",
     "assign_split",
     "build_pipeline",
+    "fill_missing_shards",
     "fingerprint",
     "main",
     "parse_input",
     "parse_splits",
     "plan_ingest",
+    "publish_if_too_many_rejected",
     "rejected_line",
     "run",
     "shard_path",
@@ -482,6 +484,47 @@ def write_jsonl_shard(path: str, payloads: Iterable[str]) -> int:
     return count
 
 
+def fill_missing_shards(
+    directory: str,
+    file_name: tuple[str, str],
+    num_shards: int,
+    write_file: Callable[[str, Iterable[Any]], int],
+) -> None:
+    """Writes an empty file for every shard no row fell in, so every named shard exists.
+
+    `WriteSortedShards` writes only the shards that received rows; readers of `-of-N` names (and
+    later stages' counts) expect all N.
+    """
+    prefix, suffix = file_name
+    for shard in range(num_shards):
+        path = shard_path(directory, prefix, shard, num_shards, suffix)
+        if not FileSystems.exists(path):
+            write_file(path, [])
+
+
+def publish_if_too_many_rejected(
+    staged: artifacts.StagedOutput,
+    rows_read: int,
+    rows_rejected: int,
+    max_rejected_fraction: float,
+    output_dir: str,
+) -> None:
+    """Over the allowed share of rejected rows: moves the output into place without a manifest
+    (to read the reasons) and fails with one line saying how many and where to look.
+
+    Raises:
+        cli.JobError: more than `max_rejected_fraction` of the rows were rejected.
+    """
+    if rows_rejected <= max_rejected_fraction * rows_read:
+        return
+    staged.publish(inputs={}, parameters={}, counts={}, complete=False)
+    raise cli.JobError(
+        f"{rows_rejected} of {rows_read} rows rejected ({rows_rejected / rows_read:.2%}), more "
+        f"than --max_rejected_fraction={max_rejected_fraction}; "
+        f"reasons in {FileSystems.join(output_dir, REJECTED_DIR)}/"
+    )
+
+
 class WriteSortedShards(beam.PTransform):
     """((group, shard), (sort key, payload)) → a sorted file per shard: reruns are byte-identical.
 
@@ -559,21 +602,15 @@ def build_pipeline(pipeline: beam.Pipeline, plan: IngestPlan, staging_dir: str) 
 def _complete_shards(staging_dir: str, plan: IngestPlan) -> None:
     """Writes empty shard files where no row fell, so every split has all its named shards."""
     for split in plan.splits:
-        for shard in range(plan.num_shards):
-            path = shard_path(
-                FileSystems.join(staging_dir, split.name),
-                EXAMPLES_FILE_PREFIX,
-                shard,
-                plan.num_shards,
-                EXAMPLES_FILE_SUFFIX,
-            )
-            if not FileSystems.exists(path):
-                artifacts.write_tfrecords(path, [])
-    rejected_path = shard_path(
-        FileSystems.join(staging_dir, REJECTED_DIR), REJECTED_DIR, 0, 1, ".jsonl"
+        fill_missing_shards(
+            FileSystems.join(staging_dir, split.name),
+            (EXAMPLES_FILE_PREFIX, EXAMPLES_FILE_SUFFIX),
+            plan.num_shards,
+            write_tfrecord_shard,
+        )
+    fill_missing_shards(
+        FileSystems.join(staging_dir, REJECTED_DIR), (REJECTED_DIR, ".jsonl"), 1, write_jsonl_shard
     )
-    if not FileSystems.exists(rejected_path):
-        write_jsonl_shard(rejected_path, [])
 
 
 def _check_counts(counts: dict[str, int], plan: IngestPlan, output_dir: str) -> None:
@@ -622,14 +659,9 @@ def run(config: IngestConfig, options: PipelineOptions) -> dict[str, Any]:
                 for kind in privacy.KINDS
                 if any(kind in kinds for kinds in plan.policy.scrub.values())
             }
-        rejected_path = FileSystems.join(config.output_dir, REJECTED_DIR)
-        if rejected > config.max_rejected_fraction * rows_read:
-            staged.publish(inputs={}, parameters={}, counts={}, complete=False)
-            raise cli.JobError(
-                f"{rejected} of {rows_read} rows rejected ({rejected / rows_read:.2%}), more "
-                f"than --max_rejected_fraction={config.max_rejected_fraction}; "
-                f"reasons in {rejected_path}/"
-            )
+        publish_if_too_many_rejected(
+            staged, rows_read, rejected, config.max_rejected_fraction, config.output_dir
+        )
         manifest = staged.publish(
             inputs={"raw": [artifacts.file_fingerprint(item.path) for item in plan.files]},
             parameters={

@@ -326,16 +326,12 @@ def _function_fingerprint(plan: TransformPlan) -> dict[str, Any]:
 def _complete_shards(staging_dir: str, plan: TransformPlan) -> None:
     """Writes empty shard files where no example fell, so every split has all its shards."""
     for split in plan.transform_splits:
-        for shard in range(plan.num_shards[split]):
-            path = ingest.shard_path(
-                FileSystems.join(staging_dir, TRANSFORMED_EXAMPLES_DIR, split),
-                ingest.EXAMPLES_FILE_PREFIX,
-                shard,
-                plan.num_shards[split],
-                ingest.EXAMPLES_FILE_SUFFIX,
-            )
-            if not FileSystems.exists(path):
-                artifacts.write_tfrecords(path, [])
+        ingest.fill_missing_shards(
+            FileSystems.join(staging_dir, TRANSFORMED_EXAMPLES_DIR, split),
+            (ingest.EXAMPLES_FILE_PREFIX, ingest.EXAMPLES_FILE_SUFFIX),
+            plan.num_shards[split],
+            ingest.write_tfrecord_shard,
+        )
 
 
 def _read_counts(
