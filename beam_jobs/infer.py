@@ -401,10 +401,8 @@ def build_pipeline(pipeline: beam.Pipeline, plan: InferPlan, staging_dir: str) -
             staging_dir, lambda _: 1, (ingest.REJECTED_DIR, ".jsonl"), ingest.write_jsonl_shard
         )
     )
-    read_count = (
-        converted["rows"]
-        | "CountRowsRead" >> beam.combiners.Count.Globally()
-        | "KeyRowsRead" >> beam.Map(lambda count: (ingest.ROWS_READ, count))
+    read_count = converted["rows_read"] | "KeyRowsRead" >> beam.Map(
+        lambda count: (ingest.ROWS_READ, count)
     )
     counts_path = FileSystems.join(staging_dir, _COUNTS_FILE)
     _ = (

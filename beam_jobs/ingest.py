@@ -35,6 +35,7 @@ __all__ = [
     "IngestPlan",
     "InputFile",
     "RawRowsToExamples",
+    "ReadCsvBatches",
     "ReadRawRows",
     "Split",
     "WriteSortedShards",
@@ -275,7 +276,11 @@ def fingerprint(key: bytes) -> int:
 
 def assign_split(key: bytes, splits: tuple[Split, ...]) -> str:
     """The split of a record: a fingerprint of its key, bucketed by the split weights."""
-    bucket = fingerprint(key) % sum(split.weight for split in splits)
+    return _split_of_fingerprint(fingerprint(key), splits)
+
+
+def _split_of_fingerprint(key_fingerprint: int, splits: tuple[Split, ...]) -> str:
+    bucket = key_fingerprint % sum(split.weight for split in splits)
     for split in splits:
         if bucket < split.weight:
             return split.name
@@ -289,8 +294,17 @@ class _MergeColumnTypes(beam.CombineFn):
     def create_accumulator(self) -> dict[str, ColumnType]:
         return {}
 
-    def add_input(self, accumulator: dict[str, ColumnType], row: RawRow) -> dict[str, ColumnType]:
-        for column, value in (row.values or {}).items():
+    def add_input(
+        self, accumulator: dict[str, ColumnType], item: RawRow | records.TextBatch
+    ) -> dict[str, ColumnType]:
+        if isinstance(item, records.TextBatch):
+            for column, texts in item.columns.items():
+                if accumulator.get(column) is not ColumnType.BYTES:
+                    kind = records.text_column_type(texts)
+                    if kind is not None and kind > accumulator.get(column, 0):
+                        accumulator[column] = kind
+            return accumulator
+        for column, value in (item.values or {}).items():
             if accumulator.get(column) is ColumnType.BYTES:
                 continue  # Already the widest type: most columns settle here early.
             kind = records.value_type(value)
@@ -309,6 +323,38 @@ class _MergeColumnTypes(beam.CombineFn):
 
     def extract_output(self, accumulator: dict[str, ColumnType]) -> dict[str, ColumnType]:
         return accumulator
+
+
+class ReadCsvBatches(beam.PTransform):
+    """CSV files → `TextBatch`es of consecutive rows, one file per element."""
+
+    def __init__(self, files: tuple[InputFile, ...]) -> None:
+        super().__init__()
+        self._files = files
+
+    def expand(self, pipeline: beam.pvalue.PBegin) -> beam.PCollection:
+        return (
+            pipeline
+            | "ListFiles" >> beam.Create([item.path for item in self._files])
+            | "ReadFiles" >> beam.FlatMap(records.read_csv_batches)
+        )
+
+
+def _without_columns(
+    item: RawRow | records.TextBatch, drop: frozenset[str]
+) -> RawRow | records.TextBatch:
+    if isinstance(item, records.TextBatch):
+        columns = {name: texts for name, texts in item.columns.items() if name not in drop}
+        return dataclasses.replace(item, columns=columns)
+    values = {name: value for name, value in (item.values or {}).items() if name not in drop}
+    return dataclasses.replace(item, values=values)
+
+
+def _rows_in(batch: list[RawRow] | records.TextBatch) -> int:
+    """Rows read into a batch, the rejected ones included."""
+    if isinstance(batch, records.TextBatch):
+        return batch.num_rows + len(batch.rejected)
+    return len(batch)
 
 
 class ReadRawRows(beam.PTransform):
@@ -362,7 +408,40 @@ class _TypeRows(beam.DoFn):
         line = rejected_line(row.file, row.line, reason, raw)
         return beam.pvalue.TaggedOutput(self.REJECTED, (sort_key, line))
 
-    def process(self, rows: list[RawRow], inferred: dict[str, ColumnType]) -> Iterator[Any]:
+    def process(
+        self, batch: list[RawRow] | records.TextBatch, inferred: dict[str, ColumnType]
+    ) -> Iterator[Any]:
+        column_types = {**inferred, **self._schema_types}
+        if isinstance(batch, records.TextBatch):
+            yield from self._text_batch(batch, column_types)
+        else:
+            yield from self._rows(batch, column_types)
+
+    def _text_batch(
+        self, batch: records.TextBatch, column_types: dict[str, ColumnType]
+    ) -> Iterator[Any]:
+        self._read.inc(batch.num_rows + len(batch.rejected))
+        file_index = self._file_index[batch.file]
+        for row in batch.rejected:
+            yield self._reject(row, (file_index, row.line), row.error)
+        drop, scrub = self._policy.drop_columns, self._policy.scrub
+        columns = {name: texts for name, texts in batch.columns.items() if name not in drop}
+        scrubbed = []
+        for name in columns.keys() & scrub.keys():
+            columns[name], counts = privacy.scrub_column(columns[name], scrub[name])
+            scrubbed.append(counts)
+        encoded = records.encode_text_columns(columns, batch.num_rows, column_types)
+        for index, (serialized, error) in enumerate(encoded):
+            sort_key = (file_index, int(batch.lines[index]))
+            if error is not None:
+                yield self._reject(batch.raw_row(index), sort_key, error)
+                continue
+            for counts in scrubbed:
+                for kind, count in counts.get(index, {}).items():
+                    yield beam.pvalue.TaggedOutput(self.SCRUBBED, (SCRUBBED_PREFIX + kind, count))
+            yield sort_key, serialized
+
+    def _rows(self, rows: list[RawRow], column_types: dict[str, ColumnType]) -> Iterator[Any]:
         self._read.inc(len(rows))
         parsed, values, scrubbed = [], [], []
         for row in rows:
@@ -374,7 +453,7 @@ class _TypeRows(beam.DoFn):
             parsed.append((row, sort_key))
             values.append(row_values)
             scrubbed.append(row_scrubbed)
-        encoded = records.encode_examples(values, {**inferred, **self._schema_types})
+        encoded = records.encode_examples(values, column_types)
         for (row, sort_key), (serialized, error), row_scrubbed in zip(
             parsed, encoded, scrubbed, strict=True
         ):
@@ -390,10 +469,11 @@ class RawRowsToExamples(beam.PTransform):
     """Input files → typed, serialized `tf.Example`s and rejected rows; ingest's and infer's reader.
 
     Reads the files twice: once to infer column types over the whole input (`schema_types` take
-    precedence), once to convert the rows. Returns a dict of PCollections: `rows` (every `RawRow`
-    read, for counting), `examples` ((sort key, serialized example)), `rejected` ((sort key,
-    JSON line)), where the sort key is (input file index, line), and `scrubbed` ((`scrubbed_<kind>`,
-    replacements)) when a privacy policy drops or scrubs personal data.
+    precedence), once to convert the rows. Returns a dict of PCollections: `rows_read` (one
+    count: every row read, rejected ones included), `examples` ((sort key, serialized example)),
+    `rejected` ((sort key, JSON line)), where the sort key is (input file index, line), and
+    `scrubbed` ((`scrubbed_<kind>`, replacements)) when a privacy policy drops or scrubs
+    personal data.
     """
 
     def __init__(
@@ -413,29 +493,37 @@ class RawRowsToExamples(beam.PTransform):
         self._policy = policy or privacy.PrivacyPolicy()
 
     def expand(self, pipeline: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
-        read_for_types = pipeline | "ReadForTypes" >> ReadRawRows(self._files, self._format)
-        if self._policy.drop_columns:
-            # Dropped columns take no part in anything, their types included.
-            drop = self._policy.drop_columns
-            read_for_types = read_for_types | "DropColumnsForTypes" >> beam.Map(
-                lambda row: dataclasses.replace(
-                    row, values={k: v for k, v in (row.values or {}).items() if k not in drop}
+        if self._format == records.CSV:
+            # CSV comes in blocks of rows, typed and encoded a column at a time.
+            read_for_types = pipeline | "ReadForTypes" >> ReadCsvBatches(self._files)
+            batches = pipeline | "ReadForExamples" >> ReadCsvBatches(self._files)
+        else:
+            read_for_types = pipeline | "ReadForTypes" >> ReadRawRows(self._files, self._format)
+            batches = (
+                pipeline
+                | "ReadForExamples" >> ReadRawRows(self._files, self._format)
+                | "BatchRows"
+                >> beam.BatchElements(
+                    min_batch_size=_ROWS_PER_BATCH, max_batch_size=_ROWS_PER_BATCH
                 )
             )
+        if self._policy.drop_columns:
+            # Dropped columns take no part in anything, their types included.
+            read_for_types = read_for_types | "DropColumnsForTypes" >> beam.Map(
+                _without_columns, self._policy.drop_columns
+            )
         inferred = read_for_types | "InferColumnTypes" >> beam.CombineGlobally(_MergeColumnTypes())
-        rows = pipeline | "ReadForExamples" >> ReadRawRows(self._files, self._format)
-        converted = (
-            rows
-            | "BatchRows"
-            >> beam.BatchElements(min_batch_size=_ROWS_PER_BATCH, max_batch_size=_ROWS_PER_BATCH)
-            | "ConvertRows"
-            >> beam.ParDo(
-                _TypeRows(self._files, self._schema_types, self._stage, self._policy),
-                beam.pvalue.AsSingleton(inferred),
-            ).with_outputs(_TypeRows.REJECTED, _TypeRows.SCRUBBED, main="examples")
+        converted = batches | "ConvertRows" >> beam.ParDo(
+            _TypeRows(self._files, self._schema_types, self._stage, self._policy),
+            beam.pvalue.AsSingleton(inferred),
+        ).with_outputs(_TypeRows.REJECTED, _TypeRows.SCRUBBED, main="examples")
+        rows_read = (
+            batches
+            | "RowsPerBatch" >> beam.Map(_rows_in)
+            | "CountRowsRead" >> beam.CombineGlobally(sum)
         )
         return {
-            "rows": rows,
+            "rows_read": rows_read,
             "examples": converted.examples,
             "rejected": converted[_TypeRows.REJECTED],
             "scrubbed": converted[_TypeRows.SCRUBBED],
@@ -451,15 +539,18 @@ class _AssignShard(beam.DoFn):
 
     def process(self, keyed: tuple[tuple[int, int], bytes]) -> Iterator[Any]:
         sort_key, serialized = keyed
-        split = self._files[sort_key[0]].split or assign_split(
-            self._split_key(serialized), self._plan.splits
-        )
-        shard = fingerprint(serialized) % self._plan.num_shards
+        content = fingerprint(serialized)
+        split = self._files[sort_key[0]].split
+        if split is None and self._plan.partition_feature:
+            split = assign_split(self._partition_key(serialized), self._plan.splits)
+        elif split is None:
+            split = _split_of_fingerprint(content, self._plan.splits)
+        # The high half picks the shard: with the low half picking the split too, 3 shards of
+        # a 2:1 split would leave train's third shard and eval's first two empty.
+        shard = (content >> 32) % self._plan.num_shards
         yield (split, shard), (sort_key, serialized)
 
-    def _split_key(self, serialized: bytes) -> bytes:
-        if not self._plan.partition_feature:
-            return serialized
+    def _partition_key(self, serialized: bytes) -> bytes:
         example = tf.train.Example.FromString(serialized)
         feature = example.features.feature.get(self._plan.partition_feature)
         values = records._feature_values(feature) if feature is not None else []
@@ -569,7 +660,6 @@ def build_pipeline(pipeline: beam.Pipeline, plan: IngestPlan, staging_dir: str) 
     converted = pipeline | "ReadExamples" >> RawRowsToExamples(
         plan.files, plan.input_format, plan.schema_types, policy=plan.policy
     )
-    rows = converted["rows"]
     keyed_examples = converted["examples"] | "AssignShards" >> beam.ParDo(_AssignShard(plan))
     num_shards = plan.num_shards
     written = keyed_examples | "WriteExamples" >> WriteSortedShards(
@@ -584,10 +674,8 @@ def build_pipeline(pipeline: beam.Pipeline, plan: IngestPlan, staging_dir: str) 
         | "WriteRejected"
         >> WriteSortedShards(staging_dir, lambda _: 1, (REJECTED_DIR, ".jsonl"), write_jsonl_shard)
     )
-    read_count = (
-        rows
-        | "CountRowsRead" >> beam.combiners.Count.Globally()
-        | "KeyRowsRead" >> beam.Map(lambda count: (ROWS_READ, count))
+    read_count = converted["rows_read"] | "KeyRowsRead" >> beam.Map(
+        lambda count: (ROWS_READ, count)
     )
     counts_path = FileSystems.join(staging_dir, _COUNTS_FILE)
     _ = (

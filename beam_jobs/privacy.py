@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import click
+import pyarrow as pa
 
 from beam_jobs import cli
 
@@ -25,6 +26,7 @@ __all__ = [
     "PrivacyPolicy",
     "apply_policy",
     "parse_scrub",
+    "scrub_column",
     "scrub_rejected_row",
     "scrub_text",
 ]
@@ -115,6 +117,20 @@ def _scrub_value(value: Any, kinds: tuple[str, ...]) -> tuple[Any, collections.C
             counts += item_counts
         return scrubbed, counts
     return value, collections.Counter()
+
+
+def scrub_column(
+    texts: pa.Array, kinds: tuple[str, ...]
+) -> tuple[pa.Array, dict[int, collections.Counter]]:
+    """An Arrow string column with personal data replaced, and {row: what was replaced}."""
+    scrubbed, replaced = [], {}
+    for index, text in enumerate(texts.to_pylist()):
+        if text:
+            text, counts = scrub_text(text, kinds)
+            if counts:
+                replaced[index] = counts
+        scrubbed.append(text)
+    return pa.array(scrubbed, pa.string()), replaced
 
 
 def apply_policy(

@@ -11,12 +11,14 @@ feature, never an empty string or a zero.
 
 from __future__ import annotations
 
-import collections
+import codecs
 import csv
 import dataclasses
 import enum
 import functools
+import heapq
 import io
+import itertools
 import json
 import math
 import re
@@ -26,6 +28,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pv
 import tensorflow as tf
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -40,14 +43,18 @@ __all__ = [
     "FORMATS",
     "ColumnType",
     "RawRow",
+    "TextBatch",
     "column_types_from_schema",
     "detect_format",
     "encode_example",
     "encode_examples",
+    "encode_text_columns",
     "normalize_column_name",
     "normalize_header",
+    "read_csv_batches",
     "read_csv_header",
     "read_rows",
+    "text_column_type",
     "value_type",
 ]
 
@@ -63,10 +70,19 @@ _EXTENSIONS = {
     ".ndjson": JSONL,
     ".json": JSONL,
 }
-_INT_TEXT = re.compile(r"[-+]?[0-9]+")
-_FLOAT_TEXT = re.compile(r"[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?")
+_INT_PATTERN = r"^[-+]?[0-9]+$"
+_FLOAT_PATTERN = r"^[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$"
+# The same patterns for Python's `re.fullmatch` and for Arrow's RE2.
+_INT_TEXT = re.compile(_INT_PATTERN)
+_FLOAT_TEXT = re.compile(_FLOAT_PATTERN)
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _PARQUET_BATCH_ROWS = 4096
+# CSV is read in blocks of whole records this large, parsed by Arrow (or, for a block Arrow
+# cannot parse the way Python's csv module would, by that module).
+_CSV_BLOCK_BYTES = 4 << 20
+# A block that finds no end of a record by this size is cut at its last newline: a stray quote
+# must not make the reader hold the rest of the file.
+_CSV_MAX_BLOCK_BYTES = 64 << 20
 # Narratives run to tens of kilobytes; Python's default limit of 128 KiB per field is too tight.
 csv.field_size_limit(16 << 20)
 
@@ -95,6 +111,36 @@ class RawRow:
     values: Mapping[str, Any] | None = None
     error: str | None = None
     raw: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TextBatch:
+    """Consecutive rows of one CSV file, column by column: what ingest types and encodes in bulk.
+
+    `columns` holds every header column as Arrow strings, null where the value is empty; `lines`
+    the line each row starts on; `rejected` the rows of the same stretch that could not be parsed.
+    """
+
+    file: str
+    lines: np.ndarray
+    columns: Mapping[str, pa.Array]
+    rejected: tuple[RawRow, ...] = ()
+
+    @property
+    def num_rows(self) -> int:
+        """Rows parsed (the rejected ones not included)."""
+        return len(self.lines)
+
+    def raw_row(self, index: int) -> RawRow:
+        """Parsed row `index` as a `RawRow`: its non-empty values, and every field as read."""
+        fields = [column[index].as_py() or "" for column in self.columns.values()]
+        values = {name: value for name, value in zip(self.columns, fields, strict=True) if value}
+        return RawRow(self.file, int(self.lines[index]), values=values, raw=fields)
+
+    def raw_rows(self) -> Iterator[RawRow]:
+        """Every row, parsed or rejected, in line order."""
+        parsed = (self.raw_row(index) for index in range(self.num_rows))
+        yield from heapq.merge(parsed, self.rejected, key=lambda row: row.line)
 
 
 def normalize_column_name(name: str, index: int) -> str:
@@ -196,39 +242,206 @@ def _has_undecodable(fields: list[str]) -> bool:
     return False
 
 
-def _csv_rows(path: str) -> Iterator[RawRow]:
-    with _open_text(path) as text:
-        reader = csv.reader(text)
-        header = normalize_header(next(reader, []), path)
-        line = reader.line_num
+def _csv_records(reader: Any, header: list[str], path: str, lines_before: int) -> Iterator[RawRow]:
+    """Rows of a `csv.reader`, numbered from `lines_before` + 1, or why a row was refused."""
+    line = lines_before + reader.line_num
+    while True:
+        start = line + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            line = lines_before + reader.line_num
+            yield RawRow(path, start, error=f"malformed CSV: {error}")
+            continue
+        line = lines_before + reader.line_num
+        if not fields:
+            continue  # A blank line is not a row.
+        if _has_undecodable(fields):
+            raw = [_printable(field) for field in fields]
+            yield RawRow(path, start, error="undecodable bytes (not UTF-8)", raw=raw)
+        elif len(fields) != len(header):
+            yield RawRow(
+                path,
+                start,
+                error=f"expected {len(header)} fields, found {len(fields)}",
+                raw=fields,
+            )
+        else:
+            values = {column: value for column, value in zip(header, fields, strict=True) if value}
+            yield RawRow(path, start, values=values, raw=fields)
+
+
+def _count_lines(data: bytes) -> int:
+    """Lines as Python's csv module counts them: ends at \n, \r\n or a lone \r."""
+    lone_returns = data.count(b"\r") - data.count(b"\r\n")
+    unterminated = bool(data) and not data.endswith((b"\n", b"\r"))
+    return data.count(b"\n") + lone_returns + unterminated
+
+
+def _last_record_end(data: bytes) -> int:
+    """The offset just past the last newline outside quotes, or 0: where a block may end.
+
+    Counting quotes is right for RFC 4180 quoting; a stray quote in an unquoted value can
+    mislead it, which `_arrow_csv_block` notices, and the Python reader then takes over.
+    """
+    array = np.frombuffer(data, np.uint8)
+    newlines = np.flatnonzero(array == ord("\n"))
+    quotes = np.flatnonzero(array == ord('"'))
+    outside = newlines[np.searchsorted(quotes, newlines) % 2 == 0]
+    return int(outside[-1]) + 1 if len(outside) else 0
+
+
+def _arrow_csv_block(
+    path: str, header: list[str], first_line: int, data: bytes
+) -> TextBatch | None:
+    """A block of whole records parsed by Arrow, or None where Arrow might not read it as
+    Python's csv module would.
+
+    Arrow gives no line numbers: each row spans one line plus the newlines inside its values,
+    which holds only without blank lines and lone carriage returns, so the total is checked.
+    Undecodable bytes and rows of the wrong width make Arrow fail. A last value ending in a
+    newline may be a quote left open by a block cut in the wrong place.
+    """
+    if data.count(b"\r") != data.count(b"\r\n"):
+        return None
+    try:
+        table = pv.read_csv(
+            pa.py_buffer(data),
+            read_options=pv.ReadOptions(column_names=header, use_threads=False),
+            parse_options=pv.ParseOptions(newlines_in_values=True),
+            convert_options=pv.ConvertOptions(
+                column_types=dict.fromkeys(header, pa.string()),
+                null_values=[""],
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=True,
+            ),
+        )
+    except pa.ArrowInvalid:
+        return None
+    columns = {name: table.column(name).combine_chunks() for name in header}
+    last = columns[header[-1]][-1].as_py() if table.num_rows else None
+    if last and last.endswith(("\n", "\r")):
+        return None
+    spans = np.ones(table.num_rows, np.int64)
+    for column in columns.values():
+        spans += pc.fill_null(pc.count_substring(column, "\n"), 0).to_numpy(zero_copy_only=False)
+    if int(spans.sum()) != _count_lines(data):
+        return None
+    lines = first_line + np.concatenate([[0], np.cumsum(spans)[:-1]]).astype(np.int64)
+    return TextBatch(path, lines, columns)
+
+
+def _rows_to_batch(path: str, header: list[str], rows: list[RawRow]) -> TextBatch:
+    parsed = [row for row in rows if row.error is None]
+    columns = {
+        name: pa.array([row.values.get(name) for row in parsed], pa.string()) for name in header
+    }
+    lines = np.array([row.line for row in parsed], np.int64)
+    return TextBatch(path, lines, columns, tuple(row for row in rows if row.error is not None))
+
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+class _CsvReader:
+    """Reads one CSV stream as `TextBatch`es: Arrow for blocks of well-formed records, Python's
+    csv module from the start of any block Arrow refuses until past that block's end, where a
+    record of Python's own ends and Arrow takes over again. Every row gets what Python's csv
+    module alone would give it, including its line number."""
+
+    def __init__(self, binary: Any, path: str, block_bytes: int) -> None:
+        self._binary = binary
+        self._path = path
+        self._block_bytes = block_bytes
+        self._buffer = b""
+        self._eof = False
+        self._line = 1  # The line the buffer starts on.
+        self._header: list[str] = []
+
+    def _fill(self, size: int) -> None:
+        while not self._eof and len(self._buffer) < size:
+            chunk = self._binary.read(self._block_bytes)
+            self._eof = not chunk
+            self._buffer += chunk
+
+    def _consume(self, size: int, lines: int) -> None:
+        self._buffer = self._buffer[size:]
+        self._line += lines
+
+    def _read_header(self) -> None:
+        self._fill(max(self._block_bytes, len(codecs.BOM_UTF8)))
+        self._buffer = self._buffer.removeprefix(codecs.BOM_UTF8)
+        reader = csv.reader(self._lines(0, [0]))
+        self._header = normalize_header(next(reader, []), self._path)
+        ends = list(itertools.islice(_LINE_END.finditer(self._buffer), reader.line_num))
+        self._consume(ends[-1].end() if ends else len(self._buffer), reader.line_num)
+
+    def _lines(self, start: int, offset: list[int]) -> Iterator[str]:
+        """The buffer's lines from `start`, reading on as needed; `offset[0]` follows the end of
+        the last line handed out."""
+        offset[0] = start
         while True:
-            start = line + 1
-            try:
-                fields = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as error:
-                line = reader.line_num
-                yield RawRow(path, start, error=f"malformed CSV: {error}")
+            match = _LINE_END.search(self._buffer, offset[0])
+            at_edge = match is None or match.end() == len(self._buffer)
+            if at_edge and not self._eof:  # A \r at the edge may be half of a \r\n.
+                self._fill(len(self._buffer) + self._block_bytes)
                 continue
-            line = reader.line_num
-            if not fields:
-                continue  # A blank line is not a row.
-            if _has_undecodable(fields):
-                raw = [_printable(field) for field in fields]
-                yield RawRow(path, start, error="undecodable bytes (not UTF-8)", raw=raw)
-            elif len(fields) != len(header):
-                yield RawRow(
-                    path,
-                    start,
-                    error=f"expected {len(header)} fields, found {len(fields)}",
-                    raw=fields,
-                )
-            else:
-                values = {
-                    column: value for column, value in zip(header, fields, strict=True) if value
-                }
-                yield RawRow(path, start, values=values, raw=fields)
+            end = match.end() if match else len(self._buffer)
+            if end == offset[0]:
+                return
+            line, offset[0] = self._buffer[offset[0] : end], end
+            yield line.decode("utf-8", "surrogateescape")
+
+    def _python_block(self, block_end: int) -> TextBatch:
+        offset = [0]
+        reader = csv.reader(self._lines(0, offset))
+        rows = []
+        for row in _csv_records(reader, self._header, self._path, self._line - 1):
+            rows.append(row)
+            if offset[0] >= block_end:
+                break
+        self._consume(offset[0], reader.line_num)
+        return _rows_to_batch(self._path, self._header, rows)
+
+    def batches(self) -> Iterator[TextBatch]:
+        self._read_header()
+        while True:
+            self._fill(self._block_bytes)
+            if not self._buffer:
+                return
+            end = len(self._buffer) if self._eof else _last_record_end(self._buffer)
+            if not end and len(self._buffer) < _CSV_MAX_BLOCK_BYTES:
+                self._fill(len(self._buffer) + self._block_bytes)
+                continue
+            block = self._buffer[:end]
+            batch = _arrow_csv_block(self._path, self._header, self._line, block) if end else None
+            if batch is None:
+                yield self._python_block(end or len(self._buffer))
+                continue
+            self._consume(end, _count_lines(block))
+            yield batch
+
+
+def read_csv_batches(path: str, block_bytes: int = _CSV_BLOCK_BYTES) -> Iterator[TextBatch]:
+    """Reads a CSV file (RFC 4180, with a header) as `TextBatch`es of about `block_bytes` each.
+
+    Well-formed stretches are parsed by Arrow, any other by Python's csv module, row by row:
+    the same values and lines for every good row, and a reason for every bad one. A file that
+    breaks off ends in one rejected row.
+    """
+    try:
+        with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as binary:
+            yield from _CsvReader(binary, path, block_bytes).batches()
+    except (OSError, ValueError, EOFError, csv.Error) as error:
+        rejected = (RawRow(path, 0, error=f"unreadable csv file: {error}"),)
+        yield TextBatch(path, np.zeros(0, np.int64), {}, rejected)
+
+
+def _csv_rows(path: str) -> Iterator[RawRow]:
+    for batch in read_csv_batches(path):
+        yield from batch.raw_rows()
 
 
 def _typed_values(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -420,11 +633,8 @@ def encode_example(
 # Texts the batch path accepts per column type, as RE2 patterns matching what `_as_int` and
 # `_as_float` accept (pyarrow's own parser then converts them).
 _ARROW_TEXT_CHECKS = {
-    ColumnType.INT: (r"^[-+]?[0-9]+$", "is not an integer"),
-    ColumnType.FLOAT: (
-        r"^([-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?|(?i:nan|inf))$",
-        "is not a number",
-    ),
+    ColumnType.INT: (_INT_PATTERN, "is not an integer"),
+    ColumnType.FLOAT: (f"^({_FLOAT_PATTERN[1:-1]}|(?i:nan|inf))$", "is not a number"),
 }
 _ARROW_TYPES = {
     ColumnType.INT: pa.int64(),
@@ -438,22 +648,63 @@ def _example_encoder() -> example_coder.RecordBatchToExamplesEncoder:
     return example_coder.RecordBatchToExamplesEncoder()
 
 
+def text_column_type(texts: pa.Array) -> ColumnType | None:
+    """The narrowest type holding every text of an Arrow string column (as `value_type` of each,
+    widest wins); None when all are null."""
+    texts = texts.drop_null()
+    if not len(texts):
+        return None
+    if pc.all(pc.match_substring_regex(texts, _INT_PATTERN)).as_py():
+        try:
+            texts.cast(pa.int64())
+            return ColumnType.INT
+        except pa.ArrowInvalid:  # `+5` or past int64: Python's rules decide, per distinct text.
+            return max(map(_text_type, set(texts.to_pylist())))
+    if pc.all(pc.match_substring_regex(texts, _FLOAT_PATTERN)).as_py():
+        return ColumnType.FLOAT
+    return ColumnType.BYTES
+
+
 def encode_examples(
     rows: Sequence[Mapping[str, Any]], column_types: Mapping[str, ColumnType]
 ) -> list[tuple[bytes | None, str | None]]:
     """Serialized `tf.Example`s of many rows: per row (bytes, None), or (None, why it failed).
 
-    Rows of text values (CSV) are typed column by column in Arrow and encoded by tfx_bsl's C++
-    encoder, several times faster than one protobuf per row; other rows, and a batch holding a
-    text Arrow parses differently from Python (`+5`, an int64 overflow), take the per-row path.
+    Rows of text values (CSV) go through `encode_text_columns`; other rows are encoded one by one.
     Both give the same examples: sorted features, absent values absent.
     """
     if rows and all(type(value) is str for row in rows for value in row.values()):
-        try:
-            return _encode_text_rows(rows, column_types)
-        except pa.ArrowException:
-            pass
+        columns = {
+            name: pa.array([row.get(name) or None for row in rows], pa.string())
+            for name in sorted(set().union(*rows))
+        }
+        return encode_text_columns(columns, len(rows), column_types)
     return [_encode_row(row, column_types) for row in rows]
+
+
+def encode_text_columns(
+    columns: Mapping[str, pa.Array], num_rows: int, column_types: Mapping[str, ColumnType]
+) -> list[tuple[bytes | None, str | None]]:
+    """Serialized `tf.Example`s of rows given as Arrow string columns (null: absent value).
+
+    Each column is typed in Arrow and the rows encoded by tfx_bsl's C++ encoder, several times
+    faster than one protobuf per row. A batch holding a text Arrow parses differently from Python
+    (`+5`, an int64 overflow) takes the per-row path, which gives the same bytes.
+    """
+    try:
+        return _encode_text_columns(columns, num_rows, column_types)
+    except pa.ArrowException:
+        names = list(columns)
+        texts = [columns[name].to_pylist() for name in names]
+        rows = [
+            {
+                name: values[index]
+                for name, values in zip(names, texts, strict=True)
+                if values[index]
+            }
+            for index in range(num_rows)
+        ]
+        return [_encode_row(row, column_types) for row in rows]
 
 
 def _encode_row(
@@ -465,49 +716,59 @@ def _encode_row(
         return None, str(error)
 
 
-def _typed_column(
-    column: str, texts: list[str | None], kind: ColumnType
-) -> tuple[pa.Array, list[str | None]]:
-    """A column's texts as an Arrow array of its type, and per row why a text does not fit."""
-    array = pa.array(texts, pa.string())
-    errors: list[str | None] = [None] * len(texts)
+def _typed_column(column: str, texts: pa.Array, kind: ColumnType) -> tuple[pa.Array, dict]:
+    """A column's texts as an Arrow array of its type, and {row: why its text does not fit}."""
     if kind is ColumnType.BYTES:
-        return array.cast(pa.binary()), errors
+        return texts.cast(pa.binary()), {}
     pattern, problem = _ARROW_TEXT_CHECKS[kind]
-    misfits = pc.invert(pc.fill_null(pc.match_substring_regex(array, pattern), True))
-    for index in np.flatnonzero(misfits.to_numpy(zero_copy_only=False)):
-        errors[index] = f"column {column!r}: {texts[index]!r} {problem} ({kind.name} column)"
-    fitting = pc.if_else(misfits, pa.scalar(None, pa.string()), array)
+    misfits = pc.invert(pc.fill_null(pc.match_substring_regex(texts, pattern), True))
+    errors = {
+        int(index): f"column {column!r}: {texts[index].as_py()!r} {problem} ({kind.name} column)"
+        for index in np.flatnonzero(misfits.to_numpy(zero_copy_only=False))
+    }
+    fitting = pc.if_else(misfits, pa.scalar(None, pa.string()), texts)
     return fitting.cast(_ARROW_TYPES[kind]), errors
 
 
-def _encode_text_rows(
-    rows: Sequence[Mapping[str, str]], column_types: Mapping[str, ColumnType]
+def _encode_text_columns(
+    columns: Mapping[str, pa.Array], num_rows: int, column_types: Mapping[str, ColumnType]
 ) -> list[tuple[bytes | None, str | None]]:
-    errors: list[str | None] = [None] * len(rows)
-    typed = {}
-    for column in sorted(set().union(*rows)):
-        texts = [row.get(column) for row in rows]
-        kind = column_types.get(column) or max(map(value_type, filter(None, texts)))
-        typed[column], column_errors = _typed_column(column, texts, kind)
-        errors = [mine or theirs for mine, theirs in zip(errors, column_errors, strict=True)]
-    results: list[tuple[bytes | None, str | None]] = [(None, error) for error in errors]
+    typed: dict[str, pa.Array] = {}
+    errors: dict[int, str] = {}
+    for name in sorted(columns):
+        kind = column_types.get(name) or text_column_type(columns[name])
+        if kind is None:
+            continue  # No value in this batch.
+        typed[name], column_errors = _typed_column(name, columns[name], kind)
+        for index, error in column_errors.items():
+            errors.setdefault(index, error)  # The first column in name order names the problem.
+    results: list[tuple[bytes | None, str | None]] = [(None, None)] * num_rows
+    for index, error in errors.items():
+        results[index] = (None, error)
+    names = list(typed)
+    present = np.zeros((num_rows, len(names)), bool)
+    for position, name in enumerate(names):
+        present[:, position] = typed[name].is_valid().to_numpy(zero_copy_only=False)
+    good = np.ones(num_rows, bool)
+    good[list(errors)] = False
     # Rows with the same columns present are encoded together, so every list is one value long
     # and no absent value becomes an empty feature.
-    by_columns: dict[tuple[str, ...], list[int]] = collections.defaultdict(list)
-    for index, row in enumerate(rows):
-        if errors[index] is None:
-            by_columns[tuple(sorted(row))].append(index)
-    for columns, indexes in by_columns.items():
-        if not columns:
-            for index in indexes:
+    patterns, group_of_row = np.unique(np.packbits(present, axis=1), axis=0, return_inverse=True)
+    group_of_row = group_of_row.reshape(-1)
+    for group in range(len(patterns)):
+        rows = np.flatnonzero((group_of_row == group) & good)
+        if not len(rows):
+            continue
+        columns_present = [name for name, on in zip(names, present[rows[0]], strict=True) if on]
+        if not columns_present:
+            for index in rows:
                 results[index] = (b"", None)
             continue
-        take = pa.array(indexes, pa.int64())
-        offsets = pa.array(np.arange(len(indexes) + 1, dtype=np.int32))
-        arrays = [pa.ListArray.from_arrays(offsets, typed[c].take(take)) for c in columns]
-        batch = pa.RecordBatch.from_arrays(arrays, names=list(columns))
-        for index, serialized in zip(indexes, _example_encoder().encode(batch), strict=True):
+        take = pa.array(rows, pa.int64())
+        offsets = pa.array(np.arange(len(rows) + 1, dtype=np.int32))
+        arrays = [pa.ListArray.from_arrays(offsets, typed[c].take(take)) for c in columns_present]
+        batch = pa.RecordBatch.from_arrays(arrays, names=columns_present)
+        for index, serialized in zip(rows.tolist(), _example_encoder().encode(batch), strict=True):
             # The C++ encoder orders features by hash: re-serialize them sorted, as protobuf's
             # deterministic mode does for the per-row path, so both give the same bytes.
             example = tf.train.Example.FromString(serialized)

@@ -132,6 +132,54 @@ def test_csv_rfc4180_quotes_newlines_crlf_bom(tmp_path):
     assert "zip_code" not in rows[2].values
 
 
+def python_csv_rows(path: pathlib.Path) -> list[records.RawRow]:
+    """The whole file through Python's csv module alone: what the block reader must match."""
+    with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as text:
+        reader = csv.reader(text)
+        header = records.normalize_header(next(reader, []), str(path))
+        return list(records._csv_records(reader, header, str(path), 0))
+
+
+TRICKY_CSVS = {
+    "stray_quotes": 'a,b,c\n1,5" screen,x\n2,"multi\nline",y\n3,ok,z\n4,"q""uote",w\n',
+    "blank_lines": 'a,b\n1,2\n\n3,4\n\n\n5,"x\n\ny"\n6,7',
+    "lone_carriage_returns": 'a,b\r1,2\r3,"x\ry"\r4,5\r',
+    "mixed_line_ends": 'a,b\r\n1,"2\r\n3"\n3,4\r\n',
+    "quote_left_open": 'a,b\n1,"never closed\n2,3\n4,5\n',
+    "wrong_widths": "a,b\n1\n2,3\n4,5,6\n7,8",
+    "undecodable": b"\xef\xbb\xbfa,b\n1,2\n3,\xff\n5,6\n",
+    "header_only": "a,b\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRICKY_CSVS))
+def test_block_reader_reads_every_row_as_python_csv_does(tmp_path, name):
+    path = write(tmp_path / f"{name}.csv", TRICKY_CSVS[name])
+    expected = python_csv_rows(path)
+    for block_bytes in (1, 3, 17, 1 << 20):
+        batches = list(records.read_csv_batches(str(path), block_bytes))
+        assert [row for batch in batches for row in batch.raw_rows()] == expected, block_bytes
+
+
+def test_block_reader_on_real_data_uses_arrow_and_matches_python(cfpb_2015_csv, tmp_path):
+    corrupted = tmp_path / "corrupted.csv"
+    lines = cfpb_2015_csv.read_bytes().split(b"\r\n")[:2000]
+    lines[300] += b",extra"
+    write(corrupted, b"\r\n".join(lines))
+    for path in (cfpb_2015_csv, corrupted):
+        batches = list(records.read_csv_batches(str(path), 64 << 10))
+        assert [row for batch in batches for row in batch.raw_rows()] == python_csv_rows(path)
+    # Clean blocks go through Arrow: only the one holding the bad row takes Python's reader.
+    header_end = cfpb_2015_csv.read_bytes().index(b"\n") + 1
+    block = cfpb_2015_csv.read_bytes()[header_end : header_end + (1 << 20)]
+    block = block[: records._last_record_end(block)]
+    header = records.read_csv_header(str(cfpb_2015_csv))
+    assert records._arrow_csv_block("f.csv", header, 2, block) is not None
+    assert (
+        records._arrow_csv_block("f.csv", header, 2, block.replace(b"\r\n", b"\r\n\r\n", 1)) is None
+    )
+
+
 def test_ingest_small_csv_types_columns_over_the_whole_input(tmp_path):
     path = write(tmp_path / "small.csv", SMALL_CSV + "4,Mortgage,,7611X,Yes,d\r\n")
     output_dir, manifest = run_ingest(tmp_path, input=str(path), splits="all:1")
@@ -224,6 +272,18 @@ def test_three_splits_are_proportional_and_byte_identical(tmp_path, cfpb_2015_cs
         files_b = sorted((second / split).iterdir())
         assert [f.name for f in files_a] == [f.name for f in files_b]
         assert all(a.read_bytes() == b.read_bytes() for a, b in zip(files_a, files_b, strict=True))
+
+
+def test_no_shard_is_left_empty_when_shards_and_split_weights_share_a_factor(
+    tmp_path, cfpb_2015_csv
+):
+    output_dir, manifest = run_ingest(tmp_path, input=str(cfpb_2015_csv), num_shards=3)
+    for split in ("train", "eval"):
+        shards = sorted((output_dir / split).iterdir())
+        sizes = [len(list(artifacts.read_tfrecords(str(shard)))) for shard in shards]
+        assert len(sizes) == 3
+        assert sum(sizes) == manifest["counts"]["rows_written"][split]
+        assert min(sizes) > 0.3 * sum(sizes)
 
 
 def test_partition_feature_keeps_each_value_in_one_split(tmp_path, cfpb_2015_csv):
