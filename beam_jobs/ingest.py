@@ -469,7 +469,8 @@ class RawRowsToExamples(beam.PTransform):
     """Input files → typed, serialized `tf.Example`s and rejected rows; ingest's and infer's reader.
 
     Reads the files twice: once to infer column types over the whole input (`schema_types` take
-    precedence), once to convert the rows. Returns a dict of PCollections: `rows_read` (one
+    precedence; a CSV whose every column they type is read once), once to convert the rows.
+    Returns a dict of PCollections: `rows_read` (one
     count: every row read, rejected ones included), `examples` ((sort key, serialized example)),
     `rejected` ((sort key, JSON line)), where the sort key is (input file index, line), and
     `scrubbed` ((`scrubbed_<kind>`, replacements)) when a privacy policy drops or scrubs
@@ -492,27 +493,37 @@ class RawRowsToExamples(beam.PTransform):
         self._stage = stage
         self._policy = policy or privacy.PrivacyPolicy()
 
-    def expand(self, pipeline: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
+    def _schema_types_every_column(self) -> bool:
+        """Whether `--schema` types every CSV column kept, so that no pass to infer types is due."""
+        if self._format != records.CSV or not self._schema_types:
+            return False
+        header = set(records.read_csv_header(self._files[0].path)) - self._policy.drop_columns
+        return header <= self._schema_types.keys()
+
+    def _read(self) -> beam.PTransform:
+        # CSV comes in blocks of rows, typed and encoded a column at a time.
         if self._format == records.CSV:
-            # CSV comes in blocks of rows, typed and encoded a column at a time.
-            read_for_types = pipeline | "ReadForTypes" >> ReadCsvBatches(self._files)
-            batches = pipeline | "ReadForExamples" >> ReadCsvBatches(self._files)
-        else:
-            read_for_types = pipeline | "ReadForTypes" >> ReadRawRows(self._files, self._format)
-            batches = (
-                pipeline
-                | "ReadForExamples" >> ReadRawRows(self._files, self._format)
-                | "BatchRows"
-                >> beam.BatchElements(
-                    min_batch_size=_ROWS_PER_BATCH, max_batch_size=_ROWS_PER_BATCH
-                )
-            )
+            return ReadCsvBatches(self._files)
+        return ReadRawRows(self._files, self._format)
+
+    def _infer_types(self, pipeline: beam.pvalue.PBegin) -> beam.PCollection:
+        if self._schema_types_every_column():
+            return pipeline | "NoTypesToInfer" >> beam.Create([{}])
+        rows = pipeline | "ReadForTypes" >> self._read()
         if self._policy.drop_columns:
             # Dropped columns take no part in anything, their types included.
-            read_for_types = read_for_types | "DropColumnsForTypes" >> beam.Map(
+            rows = rows | "DropColumnsForTypes" >> beam.Map(
                 _without_columns, self._policy.drop_columns
             )
-        inferred = read_for_types | "InferColumnTypes" >> beam.CombineGlobally(_MergeColumnTypes())
+        return rows | "InferColumnTypes" >> beam.CombineGlobally(_MergeColumnTypes())
+
+    def expand(self, pipeline: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
+        inferred = self._infer_types(pipeline)
+        batches = pipeline | "ReadForExamples" >> self._read()
+        if self._format != records.CSV:
+            batches = batches | "BatchRows" >> beam.BatchElements(
+                min_batch_size=_ROWS_PER_BATCH, max_batch_size=_ROWS_PER_BATCH
+            )
         converted = batches | "ConvertRows" >> beam.ParDo(
             _TypeRows(self._files, self._schema_types, self._stage, self._policy),
             beam.pvalue.AsSingleton(inferred),
