@@ -28,6 +28,7 @@ from beam_jobs.cli import JobError
 __all__ = [
     "MANIFEST_FILE",
     "StagedOutput",
+    "delete_tree",
     "directory_fingerprint",
     "file_fingerprint",
     "input_fingerprint",
@@ -139,7 +140,8 @@ def _is_local(path: str) -> bool:
     return FileSystems.get_scheme(path) is None
 
 
-def _delete_tree(path: str) -> None:
+def delete_tree(path: str) -> None:
+    """Deletes a directory and everything below it; nothing if it does not exist."""
     if _is_local(path):
         shutil.rmtree(path, ignore_errors=True)
         return
@@ -177,7 +179,7 @@ class StagedOutput:
 
     def __exit__(self, *exc_info: object) -> None:
         if not self._published:
-            _delete_tree(self.staging_dir)
+            delete_tree(self.staging_dir)
 
     def path(self, *parts: str) -> str:
         """A path inside the staging directory."""
@@ -234,7 +236,7 @@ class StagedOutput:
                 shutil.rmtree(replaced, ignore_errors=True)
             return
         # Object stores have no directory rename: copy file by file, the manifest last.
-        _delete_tree(self.output_dir)
+        delete_tree(self.output_dir)
         sources = [
             metadata.path for metadata in list_files(FileSystems.join(self.staging_dir, "**"))
         ]

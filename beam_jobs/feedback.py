@@ -47,7 +47,7 @@ import click
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_jobs import artifacts, cli, infer, ingest, records
+from beam_jobs import artifacts, cli, infer, ingest, records, shards
 from model import features as demo_features
 
 __all__ = [
@@ -403,8 +403,8 @@ def build_pipeline(pipeline: beam.Pipeline, plan: FeedbackPlan, staging_dir: str
     written = [
         relabelled["examples"]
         | "WriteExamples"
-        >> ingest.WriteSortedShards(
-            staging_dir, lambda _: 1, _EXAMPLES_FILE, ingest.write_tfrecord_shard
+        >> shards.WriteSortedShards(
+            staging_dir, lambda _: 1, _EXAMPLES_FILE, shards.write_tfrecord_shard
         )
     ]
     for name, directory in (
@@ -415,8 +415,8 @@ def build_pipeline(pipeline: beam.Pipeline, plan: FeedbackPlan, staging_dir: str
         written.append(
             relabelled[name]
             | f"Write{name.title()}"
-            >> ingest.WriteSortedShards(
-                staging_dir, lambda _: 1, (directory, _JSONL), ingest.write_jsonl_shard
+            >> shards.WriteSortedShards(
+                staging_dir, lambda _: 1, (directory, _JSONL), shards.write_jsonl_shard
             )
         )
     counts_path = FileSystems.join(staging_dir, _COUNTS_FILE)
@@ -473,18 +473,18 @@ def plan_feedback(config: FeedbackConfig) -> FeedbackPlan:
 def _complete_shards(staging_dir: str, plan: FeedbackPlan) -> None:
     """Writes empty files where nothing fell, so every split and aside has its file."""
     for split in plan.splits:
-        ingest.fill_missing_shards(
+        shards.fill_missing_shards(
             FileSystems.join(staging_dir, split.name),
             (ingest.EXAMPLES_FILE_PREFIX, ingest.EXAMPLES_FILE_SUFFIX),
             1,
-            ingest.write_tfrecord_shard,
+            shards.write_tfrecord_shard,
         )
     for directory in (PROVENANCE_DIR, UNMATCHED_DIR, ingest.REJECTED_DIR):
-        ingest.fill_missing_shards(
+        shards.fill_missing_shards(
             FileSystems.join(staging_dir, directory),
             (directory, _JSONL),
             1,
-            ingest.write_jsonl_shard,
+            shards.write_jsonl_shard,
         )
 
 

@@ -45,7 +45,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 from tfx_bsl.public.beam.run_inference import CreateModelHandler
 from tfx_bsl.public.proto import model_spec_pb2
 
-from beam_jobs import artifacts, cli, ingest, records
+from beam_jobs import artifacts, cli, ingest, records, shards
 
 __all__ = [
     "InferConfig",
@@ -386,19 +386,19 @@ def build_pipeline(pipeline: beam.Pipeline, plan: InferPlan, staging_dir: str) -
     formatted = scored["predictions"] | "FormatPredictions" >> beam.ParDo(
         _FormatPrediction(plan.model, plan.num_shards)
     ).with_outputs(PREDICTION_LOGS_DIR, main=PREDICTIONS_DIR)
-    written = formatted[PREDICTIONS_DIR] | "WritePredictions" >> ingest.WriteSortedShards(
-        staging_dir, lambda _: plan.num_shards, _PREDICTIONS_FILE, ingest.write_jsonl_shard
+    written = formatted[PREDICTIONS_DIR] | "WritePredictions" >> shards.WriteSortedShards(
+        staging_dir, lambda _: plan.num_shards, _PREDICTIONS_FILE, shards.write_jsonl_shard
     )
-    logs_written = formatted[PREDICTION_LOGS_DIR] | "WriteLogs" >> ingest.WriteSortedShards(
-        staging_dir, lambda _: plan.num_shards, _LOGS_FILE, ingest.write_tfrecord_shard
+    logs_written = formatted[PREDICTION_LOGS_DIR] | "WriteLogs" >> shards.WriteSortedShards(
+        staging_dir, lambda _: plan.num_shards, _LOGS_FILE, shards.write_tfrecord_shard
     )
     rejected = (
         (converted["rejected"], identified[ingest.REJECTED_DIR], scored["rejected"])
         | "FlattenRejected" >> beam.Flatten()
         | "KeyRejected" >> beam.Map(lambda keyed: ((ingest.REJECTED_DIR, 0), keyed))
         | "WriteRejected"
-        >> ingest.WriteSortedShards(
-            staging_dir, lambda _: 1, (ingest.REJECTED_DIR, ".jsonl"), ingest.write_jsonl_shard
+        >> shards.WriteSortedShards(
+            staging_dir, lambda _: 1, (ingest.REJECTED_DIR, ".jsonl"), shards.write_jsonl_shard
         )
     )
     read_count = converted["rows_read"] | "KeyRowsRead" >> beam.Map(
@@ -455,13 +455,13 @@ def plan_infer(config: InferConfig) -> InferPlan:
 def _complete_shards(staging_dir: str, num_shards: int) -> None:
     """Writes empty files where no row fell, so every shard named exists."""
     for file_name, write in (
-        (_PREDICTIONS_FILE, ingest.write_jsonl_shard),
-        (_LOGS_FILE, ingest.write_tfrecord_shard),
-        ((ingest.REJECTED_DIR, ".jsonl"), ingest.write_jsonl_shard),
+        (_PREDICTIONS_FILE, shards.write_jsonl_shard),
+        (_LOGS_FILE, shards.write_tfrecord_shard),
+        ((ingest.REJECTED_DIR, ".jsonl"), shards.write_jsonl_shard),
     ):
-        shards = 1 if file_name[0] == ingest.REJECTED_DIR else num_shards
+        count = 1 if file_name[0] == ingest.REJECTED_DIR else num_shards
         directory = FileSystems.join(staging_dir, file_name[0])
-        ingest.fill_missing_shards(directory, file_name, shards, write)
+        shards.fill_missing_shards(directory, file_name, count, write)
 
 
 def _read_counts(staged: artifacts.StagedOutput, config: InferConfig) -> dict[str, int]:

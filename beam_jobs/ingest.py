@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
@@ -27,7 +27,7 @@ import tensorflow as tf
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_jobs import artifacts, cli, privacy, records
+from beam_jobs import artifacts, cli, privacy, records, shards
 from beam_jobs.records import ColumnType, RawRow
 
 __all__ = [
@@ -38,10 +38,8 @@ __all__ = [
     "ReadCsvBatches",
     "ReadRawRows",
     "Split",
-    "WriteSortedShards",
     "assign_split",
     "build_pipeline",
-    "fill_missing_shards",
     "fingerprint",
     "main",
     "parse_input",
@@ -50,9 +48,6 @@ __all__ = [
     "publish_if_too_many_rejected",
     "rejected_line",
     "run",
-    "shard_path",
-    "write_jsonl_shard",
-    "write_tfrecord_shard",
 ]
 
 STAGE = "ingest"
@@ -568,42 +563,6 @@ class _AssignShard(beam.DoFn):
         return b"\x00".join(str(value).encode("utf-8") for value in values)
 
 
-def shard_path(directory: str, name: str, shard: int, num_shards: int, suffix: str) -> str:
-    """`<directory>/<name>-00000-of-00001<suffix>`, Beam's shard naming."""
-    return FileSystems.join(directory, f"{name}-{shard:05d}-of-{num_shards:05d}{suffix}")
-
-
-def write_tfrecord_shard(path: str, payloads: Iterable[bytes]) -> int:
-    return artifacts.write_tfrecords(path, payloads)
-
-
-def write_jsonl_shard(path: str, payloads: Iterable[str]) -> int:
-    count = 0
-    with FileSystems.create(path) as handle:
-        for line in payloads:
-            handle.write(line.encode("utf-8") + b"\n")
-            count += 1
-    return count
-
-
-def fill_missing_shards(
-    directory: str,
-    file_name: tuple[str, str],
-    num_shards: int,
-    write_file: Callable[[str, Iterable[Any]], int],
-) -> None:
-    """Writes an empty file for every shard no row fell in, so every named shard exists.
-
-    `WriteSortedShards` writes only the shards that received rows; readers of `-of-N` names (and
-    later stages' counts) expect all N.
-    """
-    prefix, suffix = file_name
-    for shard in range(num_shards):
-        path = shard_path(directory, prefix, shard, num_shards, suffix)
-        if not FileSystems.exists(path):
-            write_file(path, [])
-
-
 def publish_if_too_many_rejected(
     staged: artifacts.StagedOutput,
     rows_read: int,
@@ -627,45 +586,6 @@ def publish_if_too_many_rejected(
     )
 
 
-class WriteSortedShards(beam.PTransform):
-    """((group, shard), (sort key, payload)) → a sorted file per shard: reruns are byte-identical.
-
-    Outputs (group, rows written) per shard.
-    """
-
-    def __init__(
-        self,
-        directory: str,
-        num_shards: Callable[[str], int],
-        file_name: tuple[str, str],
-        write_file: Callable[[str, Iterable[Any]], int],
-    ) -> None:
-        super().__init__()
-        self._directory = directory
-        self._num_shards = num_shards
-        self._prefix, self._suffix = file_name
-        self._write_file = write_file
-
-    def _write(self, keyed: tuple[tuple[str, int], Iterable[tuple[Any, Any]]]) -> tuple[str, int]:
-        (group, shard), items = keyed
-        path = shard_path(
-            FileSystems.join(self._directory, group),
-            self._prefix,
-            shard,
-            self._num_shards(group),
-            self._suffix,
-        )
-        ordered = sorted(items, key=lambda item: item[0])
-        return group, self._write_file(path, (payload for _, payload in ordered))
-
-    def expand(self, keyed_payloads: beam.PCollection) -> beam.PCollection:
-        return (
-            keyed_payloads
-            | "GroupByShard" >> beam.GroupByKey()
-            | "WriteShard" >> beam.Map(self._write)
-        )
-
-
 def build_pipeline(pipeline: beam.Pipeline, plan: IngestPlan, staging_dir: str) -> None:
     """Adds the ingest graph to `pipeline`: examples, rejects and counts under `staging_dir`."""
     converted = pipeline | "ReadExamples" >> RawRowsToExamples(
@@ -673,17 +593,19 @@ def build_pipeline(pipeline: beam.Pipeline, plan: IngestPlan, staging_dir: str) 
     )
     keyed_examples = converted["examples"] | "AssignShards" >> beam.ParDo(_AssignShard(plan))
     num_shards = plan.num_shards
-    written = keyed_examples | "WriteExamples" >> WriteSortedShards(
+    written = keyed_examples | "WriteExamples" >> shards.WriteSortedShards(
         staging_dir,
         lambda _: num_shards,
         (EXAMPLES_FILE_PREFIX, EXAMPLES_FILE_SUFFIX),
-        write_tfrecord_shard,
+        shards.write_tfrecord_shard,
     )
     rejected = (
         converted["rejected"]
         | "KeyRejected" >> beam.Map(lambda keyed: ((REJECTED_DIR, 0), keyed))
         | "WriteRejected"
-        >> WriteSortedShards(staging_dir, lambda _: 1, (REJECTED_DIR, ".jsonl"), write_jsonl_shard)
+        >> shards.WriteSortedShards(
+            staging_dir, lambda _: 1, (REJECTED_DIR, ".jsonl"), shards.write_jsonl_shard
+        )
     )
     read_count = converted["rows_read"] | "KeyRowsRead" >> beam.Map(
         lambda count: (ROWS_READ, count)
@@ -701,14 +623,17 @@ def build_pipeline(pipeline: beam.Pipeline, plan: IngestPlan, staging_dir: str) 
 def _complete_shards(staging_dir: str, plan: IngestPlan) -> None:
     """Writes empty shard files where no row fell, so every split has all its named shards."""
     for split in plan.splits:
-        fill_missing_shards(
+        shards.fill_missing_shards(
             FileSystems.join(staging_dir, split.name),
             (EXAMPLES_FILE_PREFIX, EXAMPLES_FILE_SUFFIX),
             plan.num_shards,
-            write_tfrecord_shard,
+            shards.write_tfrecord_shard,
         )
-    fill_missing_shards(
-        FileSystems.join(staging_dir, REJECTED_DIR), (REJECTED_DIR, ".jsonl"), 1, write_jsonl_shard
+    shards.fill_missing_shards(
+        FileSystems.join(staging_dir, REJECTED_DIR),
+        (REJECTED_DIR, ".jsonl"),
+        1,
+        shards.write_jsonl_shard,
     )
 
 

@@ -34,7 +34,7 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 from tensorflow_transform.tf_metadata import metadata_io
 from tfx_bsl.public import tfxio
 
-from beam_jobs import artifacts, cli, ingest, user_code
+from beam_jobs import artifacts, cli, ingest, shards, user_code
 
 __all__ = [
     "DEFAULT_PREPROCESSING_FN",
@@ -297,7 +297,7 @@ def build_pipeline(pipeline: beam.Pipeline, plan: TransformPlan, staging_dir: st
         keyed
         | "FlattenTransformed" >> beam.Flatten()
         | "WriteExamples"
-        >> ingest.WriteSortedShards(
+        >> shards.WriteSortedShards(
             FileSystems.join(staging_dir, TRANSFORMED_EXAMPLES_DIR),
             num_shards.__getitem__,
             (ingest.EXAMPLES_FILE_PREFIX, ingest.EXAMPLES_FILE_SUFFIX),
@@ -326,11 +326,11 @@ def _function_fingerprint(plan: TransformPlan) -> dict[str, Any]:
 def _complete_shards(staging_dir: str, plan: TransformPlan) -> None:
     """Writes empty shard files where no example fell, so every split has all its shards."""
     for split in plan.transform_splits:
-        ingest.fill_missing_shards(
+        shards.fill_missing_shards(
             FileSystems.join(staging_dir, TRANSFORMED_EXAMPLES_DIR, split),
             (ingest.EXAMPLES_FILE_PREFIX, ingest.EXAMPLES_FILE_SUFFIX),
             plan.num_shards[split],
-            ingest.write_tfrecord_shard,
+            shards.write_tfrecord_shard,
         )
 
 
