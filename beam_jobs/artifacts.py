@@ -13,8 +13,10 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import queue
 import shutil
 import struct
+import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -251,6 +253,40 @@ def _masked_crc32c(data: bytes) -> int:
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
+# Records are framed into chunks this large before they are compressed and written.
+_WRITE_CHUNK_BYTES = 1 << 20
+
+
+class _WriteBehind:
+    """Hands chunks to a second thread that writes them to `handle`: zlib releases the GIL, so
+    compressing one chunk overlaps with framing the next."""
+
+    def __init__(self, handle: Any) -> None:
+        self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, args=(handle,), daemon=True)
+        self._thread.start()
+
+    def _drain(self, handle: Any) -> None:
+        while (chunk := self._chunks.get()) is not None:
+            if self._error is None:
+                try:
+                    handle.write(chunk)
+                except BaseException as error:  # Raised again in the writing thread.
+                    self._error = error
+
+    def write(self, chunk: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._chunks.put(chunk)
+
+    def close(self) -> None:
+        self._chunks.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
 def write_tfrecords(path: str, records: Iterable[bytes]) -> int:
     """Writes records to one TFRecord file (GZIP when the path ends in `.gz`).
 
@@ -259,13 +295,22 @@ def write_tfrecords(path: str, records: Iterable[bytes]) -> int:
     """
     count = 0
     with FileSystems.create(path, compression_type=CompressionTypes.AUTO) as handle:
-        for record in records:
-            length = struct.pack("<Q", len(record))
-            handle.write(length)
-            handle.write(struct.pack("<I", _masked_crc32c(length)))
-            handle.write(record)
-            handle.write(struct.pack("<I", _masked_crc32c(record)))
-            count += 1
+        writer = _WriteBehind(handle)
+        try:
+            frames = bytearray()
+            for record in records:
+                length = struct.pack("<Q", len(record))
+                frames += length
+                frames += struct.pack("<I", _masked_crc32c(length))
+                frames += record
+                frames += struct.pack("<I", _masked_crc32c(record))
+                count += 1
+                if len(frames) >= _WRITE_CHUNK_BYTES:
+                    writer.write(bytes(frames))
+                    frames.clear()
+            writer.write(bytes(frames))
+        finally:
+            writer.close()
     return count
 
 

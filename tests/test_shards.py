@@ -183,3 +183,26 @@ def test_buffer_bytes_must_be_positive(tmp_path):
         shards.WriteSortedShards(
             str(tmp_path), lambda _: 1, TFRECORD, shards.write_tfrecord_shard, buffer_bytes=0
         )
+
+
+def test_tfrecord_files_of_many_chunks_read_back_in_tensorflow(tmp_path):
+    import tensorflow as tf
+
+    records = [random.Random(index).randbytes(700) for index in range(6_000)]  # ~4 MB: 4 chunks
+    path = str(tmp_path / "data-00000-of-00001.tfrecord.gz")
+    assert shards.write_tfrecord_shard(path, records) == len(records)
+    read = [record.numpy() for record in tf.data.TFRecordDataset(path, compression_type="GZIP")]
+    assert read == records
+
+
+def test_a_failed_write_in_the_writing_thread_fails_the_writer(tmp_path):
+    from beam_jobs import artifacts
+
+    class FullDisk:
+        def write(self, chunk: bytes) -> None:
+            raise OSError("No space left on device")
+
+    writer = artifacts._WriteBehind(FullDisk())
+    writer.write(b"x")
+    with pytest.raises(OSError, match="No space left"):
+        writer.close()
