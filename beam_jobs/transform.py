@@ -267,43 +267,40 @@ def build_pipeline(pipeline: beam.Pipeline, plan: TransformPlan, staging_dir: st
     Writes `transform_fn/`, `transformed_metadata/`, the transformed examples and a counts file
     under `staging_dir`.
     """
-    sources = {
-        split: tfxio.TFExampleRecord(
-            file_pattern=pattern, schema=plan.schema, telemetry_descriptors=_TELEMETRY
+
+    def source(patterns: str | list[str]) -> tfxio.TFExampleRecord:
+        return tfxio.TFExampleRecord(
+            file_pattern=patterns, schema=plan.schema, telemetry_descriptors=_TELEMETRY
         )
-        for split, pattern in plan.split_patterns.items()
-    }
-    adapter_config = next(iter(sources.values())).TensorAdapterConfig()
+
     # Analysis and transformation read the data separately: one PCollection feeding both would
     # be held whole in memory until the analyzers finish (the transform waits on their result).
-    analyze_data = [
-        pipeline | f"ReadForAnalysis{_split_label(split)}" >> sources[split].BeamSource()
-        for split in plan.analyze_splits
-    ] | "FlattenAnalyzeSplits" >> beam.Flatten()
-    raw = {
-        split: pipeline | f"Read{_split_label(split)}" >> source.BeamSource()
-        for split, source in sources.items()
-    }
-    transform_fn = analyze_data | "Analyze" >> AnalyzeSplits(plan, adapter_config)
+    # Nor is anything flattened: DirectRunner holds a Flatten's inputs whole in memory, so the
+    # analyze splits are one source and each split is written on its own.
+    analyze_source = source([plan.split_patterns[split] for split in plan.analyze_splits])
+    adapter_config = analyze_source.TensorAdapterConfig()
+    transform_fn = (
+        pipeline
+        | "ReadForAnalysis" >> analyze_source.BeamSource()
+        | "Analyze" >> AnalyzeSplits(plan, adapter_config)
+    )
     _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(staging_dir)
-    keyed = [
-        raw[split]
+    examples_dir = FileSystems.join(staging_dir, TRANSFORMED_EXAMPLES_DIR)
+    num_shards = dict(plan.num_shards)
+    written = [
+        pipeline
+        | f"Read{_split_label(split)}" >> source(plan.split_patterns[split]).BeamSource()
         | f"Transform{_split_label(split)}"
         >> TransformSplit(split, plan.num_shards[split], adapter_config, transform_fn)
-        for split in plan.transform_splits
-    ]
-    num_shards = dict(plan.num_shards)
-    written = (
-        keyed
-        | "FlattenTransformed" >> beam.Flatten()
-        | "WriteExamples"
+        | f"Write{_split_label(split)}"
         >> shards.WriteSortedShards(
-            FileSystems.join(staging_dir, TRANSFORMED_EXAMPLES_DIR),
+            examples_dir,
             num_shards.__getitem__,
             (ingest.EXAMPLES_FILE_PREFIX, ingest.EXAMPLES_FILE_SUFFIX),
             artifacts.write_tfrecords,
         )
-    )
+        for split in plan.transform_splits
+    ] | "FlattenCounts" >> beam.Flatten()
     counts_path = FileSystems.join(staging_dir, _COUNTS_FILE)
     _ = (
         written
