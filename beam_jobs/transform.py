@@ -286,27 +286,26 @@ def build_pipeline(pipeline: beam.Pipeline, plan: TransformPlan, staging_dir: st
     }
     transform_fn = analyze_data | "Analyze" >> AnalyzeSplits(plan, adapter_config)
     _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(staging_dir)
-    keyed = [
+    num_shards = dict(plan.num_shards)
+    # A write per split, with only the counts flattened: DirectRunner holds a Flatten of several
+    # inputs whole in memory, so flattening the examples would make memory grow with the data.
+    written = [
         raw[split]
         | f"Transform{_split_label(split)}"
         >> TransformSplit(split, plan.num_shards[split], adapter_config, transform_fn)
-        for split in plan.transform_splits
-    ]
-    num_shards = dict(plan.num_shards)
-    written = (
-        keyed
-        | "FlattenTransformed" >> beam.Flatten()
-        | "WriteExamples"
+        | f"WriteExamples{_split_label(split)}"
         >> shards.WriteSortedShards(
             FileSystems.join(staging_dir, TRANSFORMED_EXAMPLES_DIR),
             num_shards.__getitem__,
             (ingest.EXAMPLES_FILE_PREFIX, ingest.EXAMPLES_FILE_SUFFIX),
             artifacts.write_tfrecords,
         )
-    )
+        for split in plan.transform_splits
+    ]
     counts_path = FileSystems.join(staging_dir, _COUNTS_FILE)
     _ = (
         written
+        | "FlattenCounts" >> beam.Flatten()
         | "SumCounts" >> beam.CombinePerKey(sum)
         | "CountsToDict" >> beam.combiners.ToDict()
         | "WriteCounts" >> beam.Map(lambda counts: artifacts.write_json(counts_path, counts))
