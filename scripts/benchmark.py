@@ -1,6 +1,7 @@
 """Benchmarks every Beam stage against the tool a user would otherwise use, in the same run.
 
-    python scripts/benchmark.py [--sizes=1,10] [--source=../shared/data/...csv] [--workdir=DIR]
+    python scripts/benchmark.py [--sizes=1,10] [--stages=ingest,statistics,transform,evaluate]
+        [--source=../shared/data/...csv] [--workdir=DIR]
 
 Builds inputs of N x the 2015 CFPB extract (rows replicated with distinct ids, so hash splits stay
 balanced), then for each size runs ingest, statistics, transform and evaluate on DirectRunner as
@@ -29,6 +30,8 @@ import psutil
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_SOURCE = REPO_ROOT.parent / "shared" / "data" / "consumer_complaints_cfpb_2015.csv"
 SCHEMA = REPO_ROOT / "schemas" / "consumer_complaints" / "schema.pbtxt"
+# Every stage needs ingest's output; evaluate scores a model trained on transform's.
+STAGES = ("ingest", "statistics", "transform", "evaluate")
 MULTI_PROCESS = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
 STARTUP_ROWS = 100
 _ID_COLUMNS = ("", "Complaint ID")
@@ -175,9 +178,12 @@ def reference_statistics(csv_path: str, output_path: str) -> None:
 class Benchmark:
     """Runs every stage for every size in one process tree, collecting measurements."""
 
-    def __init__(self, workdir: pathlib.Path, source: pathlib.Path) -> None:
+    def __init__(
+        self, workdir: pathlib.Path, source: pathlib.Path, stages: tuple[str, ...] = STAGES
+    ) -> None:
         self.workdir = workdir
         self.source = source
+        self.stages = stages
         self.results: list[Measurement] = []
         self.model_dir: pathlib.Path | None = None
 
@@ -241,14 +247,17 @@ class Benchmark:
         )
         counts = manifest_counts(ingest_dir)
         assert counts["rows_read"] == rows == sum(counts["rows_written"].values()), counts
-        self.stage(
-            "statistics",
-            label,
-            rows,
-            [f"--examples_dir={ingest_dir}"],
-            root / "statistics",
-            ("tfdv.generate_statistics_from_csv", [str(csv_path), str(root / "ref.stats")]),
-        )
+        if "statistics" in self.stages:
+            self.stage(
+                "statistics",
+                label,
+                rows,
+                [f"--examples_dir={ingest_dir}"],
+                root / "statistics",
+                ("tfdv.generate_statistics_from_csv", [str(csv_path), str(root / "ref.stats")]),
+            )
+        if "transform" not in self.stages:
+            return
         self.stage(
             "transform",
             label,
@@ -257,6 +266,8 @@ class Benchmark:
             transform_dir,
         )
         assert sum(manifest_counts(transform_dir)["examples_transformed"].values()) == rows
+        if "evaluate" not in self.stages:
+            return
         if self.model_dir is None:
             self.model_dir = self._train(transform_dir, root / "train")
         self.measure(
@@ -349,6 +360,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1,10", help="Multiples of the 2015 extract.")
     parser.add_argument("--source", type=pathlib.Path, default=DEFAULT_SOURCE)
+    parser.add_argument(
+        "--stages",
+        default=",".join(STAGES),
+        help="Stages to measure; ingest always runs, evaluate needs transform.",
+    )
     parser.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path("/tmp/beam-benchmark"))
     parser.add_argument("--reference", choices=["ingest", "statistics"], help=argparse.SUPPRESS)
     parser.add_argument("paths", nargs="*", help=argparse.SUPPRESS)
@@ -361,7 +377,10 @@ def main() -> None:
     if not args.source.exists():
         raise SystemExit(f"benchmark: no source data at {args.source} (pass --source=<CFPB csv>)")
     sizes = [int(size) for size in args.sizes.split(",")]
-    benchmark = Benchmark(args.workdir, args.source)
+    stages = ("ingest", *(stage for stage in STAGES[1:] if stage in args.stages.split(",")))
+    if "evaluate" in stages and "transform" not in stages:
+        raise SystemExit("benchmark: --stages with evaluate needs transform (it trains the model)")
+    benchmark = Benchmark(args.workdir, args.source, stages)
     started = time.perf_counter()
     tiny = args.workdir / "data" / "start.csv"
     plan = [("start", tiny, replicate_csv(args.source, tiny, 1, rows=STARTUP_ROWS))]
