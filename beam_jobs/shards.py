@@ -31,6 +31,7 @@ from beam_jobs import artifacts
 
 __all__ = [
     "DEFAULT_BUFFER_BYTES",
+    "DEFAULT_MERGE_FAN_IN",
     "RUNS_DIR_PREFIX",
     "RUNS_WRITTEN",
     "WriteSortedShards",
@@ -41,6 +42,9 @@ __all__ = [
 ]
 
 DEFAULT_BUFFER_BYTES = 64 << 20
+# Runs a merge reads at once. A distributed runner's many small bundles can leave thousands of
+# runs per shard, and each open reader holds a buffer (megabytes on an object store).
+DEFAULT_MERGE_FAN_IN = 64
 RUNS_DIR_PREFIX = ".sort-runs-"
 RUNS_WRITTEN = "sorted_runs_written"
 _RUN_SUFFIX = ".run"
@@ -117,6 +121,14 @@ def _read_run(path: str) -> Iterator[Keyed]:
             yield pickle.loads(record)
 
 
+@contextlib.contextmanager
+def _merged_runs(runs: list[str]) -> Iterator[Iterator[Keyed]]:
+    """The items of several run files merged by sort key; the files are closed on exit."""
+    with contextlib.ExitStack() as stack:
+        readers = [stack.enter_context(contextlib.closing(_read_run(run))) for run in runs]
+        yield heapq.merge(*readers, key=_SORT_KEY)
+
+
 class _SpillSortedRuns(beam.DoFn):
     """((group, shard), (sort key, payload)) → ((group, shard), path of a sorted run file).
 
@@ -169,12 +181,14 @@ class _MergeRuns(beam.DoFn):
         file_name: tuple[str, str],
         write_file: Callable[[str, Iterable[Any]], int],
         runs_dir: str,
+        fan_in: int = DEFAULT_MERGE_FAN_IN,
     ) -> None:
         self._directory = directory
         self._num_shards = num_shards
         self._prefix, self._suffix = file_name
         self._write_file = write_file
         self._runs_dir = runs_dir
+        self._fan_in = fan_in
 
     def process(self, keyed: tuple[ShardKey, Iterable[str]]) -> Iterator[tuple[str, int]]:
         (group, shard), runs = keyed
@@ -189,14 +203,27 @@ class _MergeRuns(beam.DoFn):
             self._num_shards(group),
             self._suffix,
         )
-        runs = sorted(runs)
-        with contextlib.ExitStack() as stack:
-            readers = [stack.enter_context(contextlib.closing(_read_run(run))) for run in runs]
-            merged = heapq.merge(*readers, key=_SORT_KEY)
+        inputs = sorted(runs)
+        runs, created = inputs, []
+        while len(runs) > self._fan_in:
+            # Merged `fan_in` runs at a time into new runs; the inputs stay until the shard is
+            # written, so a retried bundle still finds every run it was given.
+            runs = [
+                self._merge_into_run(runs[i : i + self._fan_in])
+                for i in range(0, len(runs), self._fan_in)
+            ]
+            created.extend(runs)
+        with _merged_runs(runs) as merged:
             count = self._write_file(path, (payload for _, payload in merged))
         artifacts.write_json(done, count)
-        FileSystems.delete(runs)
+        FileSystems.delete(inputs + created)
         yield group, count
+
+    def _merge_into_run(self, runs: list[str]) -> str:
+        path = FileSystems.join(self._runs_dir, uuid.uuid4().hex + _RUN_SUFFIX)
+        with _merged_runs(runs) as merged:
+            _write_run(path, merged)
+        return path
 
 
 class WriteSortedShards(beam.PTransform):
@@ -208,7 +235,8 @@ class WriteSortedShards(beam.PTransform):
     input is a batch in the global window. Memory holds about `buffer_bytes` of items per worker:
     the rest waits in sorted run files in a hidden directory under `directory`, deleted once every
     shard is written, so a staging directory published after the pipeline holds none of it (and a
-    failed pipeline publishes nothing).
+    failed pipeline publishes nothing). A shard with more than `merge_fan_in` runs is merged in
+    passes, `merge_fan_in` runs at a time.
     """
 
     def __init__(
@@ -219,10 +247,14 @@ class WriteSortedShards(beam.PTransform):
         write_file: Callable[[str, Iterable[Any]], int],
         *,
         buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+        merge_fan_in: int = DEFAULT_MERGE_FAN_IN,
     ) -> None:
         super().__init__()
         if buffer_bytes <= 0:
             raise ValueError(f"buffer_bytes must be positive, got {buffer_bytes}")
+        if merge_fan_in < 2:
+            raise ValueError(f"merge_fan_in must be at least 2, got {merge_fan_in}")
+        self._merge_fan_in = merge_fan_in
         self._directory = directory
         self._num_shards = num_shards
         self._file_name = file_name
@@ -243,6 +275,7 @@ class WriteSortedShards(beam.PTransform):
                     self._file_name,
                     self._write_file,
                     self._runs_dir,
+                    self._merge_fan_in,
                 )
             )
         )

@@ -72,6 +72,7 @@ def sort_with_beam(
     write_file: WriteFile,
     expected_counts: dict[str, int],
     options: PipelineOptions,
+    merge_fan_in: int = shards.DEFAULT_MERGE_FAN_IN,
 ) -> int:
     """Runs `WriteSortedShards` on a tiny buffer, checks its counts; returns the runs written."""
     pipeline = test_pipeline.TestPipeline(options=options)
@@ -86,6 +87,7 @@ def sort_with_beam(
             file_name,
             write_file,
             buffer_bytes=TINY_BUFFER_BYTES,
+            merge_fan_in=merge_fan_in,
         )
     )
     totals = written | "SumPerGroup" >> beam.CombinePerKey(sum)
@@ -123,6 +125,18 @@ def test_many_runs_merge_to_the_bytes_of_an_in_memory_sort(tmp_path, kind, file_
     beam_files = files_below(tmp_path / "beam")
     assert len(beam_files) == sum(NUM_SHARDS.values())
     assert beam_files == files_below(tmp_path / "memory")
+
+
+def test_more_runs_than_the_fan_in_merge_in_passes_to_the_same_bytes(tmp_path):
+    lines = shuffled_lines()
+    items = [keyed_item(line, "tfrecord") for line in lines]
+    write = shards.write_tfrecord_shard
+    expected = sort_in_memory(tmp_path / "memory", items, TFRECORD, write)
+    runs = sort_with_beam(
+        tmp_path / "beam", "tfrecord", lines, TFRECORD, write, expected, direct_options(), 2
+    )
+    assert runs > 4 * sum(NUM_SHARDS.values())  # some shard has 5 or more: three passes
+    assert files_below(tmp_path / "beam") == files_below(tmp_path / "memory")
 
 
 def test_no_sorted_run_is_left_behind(tmp_path):
@@ -176,6 +190,13 @@ def test_a_retried_merge_returns_the_count_of_the_file_it_wrote(tmp_path):
     first = list(merge.process((("train", 0), [run])))
     assert not pathlib.Path(run).exists()
     assert list(merge.process((("train", 0), [run]))) == first == [("train", 2)]
+
+
+def test_merge_fan_in_must_be_at_least_two(tmp_path):
+    with pytest.raises(ValueError, match="merge_fan_in"):
+        shards.WriteSortedShards(
+            str(tmp_path), lambda _: 1, TFRECORD, shards.write_tfrecord_shard, merge_fan_in=1
+        )
 
 
 def test_buffer_bytes_must_be_positive(tmp_path):
