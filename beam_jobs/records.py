@@ -304,7 +304,7 @@ def _arrow_csv_block(
     Undecodable bytes and rows of the wrong width make Arrow fail. A last value ending in a
     newline may be a quote left open by a block cut in the wrong place.
     """
-    if data.count(b"\r") != data.count(b"\r\n"):
+    if not header or data.count(b"\r") != data.count(b"\r\n"):
         return None
     try:
         table = pv.read_csv(

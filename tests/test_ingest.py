@@ -149,6 +149,7 @@ TRICKY_CSVS = {
     "wrong_widths": "a,b\n1\n2,3\n4,5,6\n7,8",
     "undecodable": b"\xef\xbb\xbfa,b\n1,2\n3,\xff\n5,6\n",
     "header_only": "a,b\n",
+    "blank_header": "\n1,2\n3,4\n",
 }
 
 
