@@ -597,13 +597,7 @@ def run(config: FeedbackConfig, options: PipelineOptions) -> dict[str, Any]:
     "--positive_value", default=demo_features.LABEL_POSITIVE_VALUE, help="Label text of a positive."
 )
 @click.option("--negative_value", default=DEFAULT_NEGATIVE_VALUE, help="Label text of a negative.")
-@click.option(
-    "--format",
-    "input_format",
-    type=click.Choice(records.FORMATS),
-    default=None,
-    help="Feedback format [default: from the file extension].",
-)
+@ingest.input_format_option("Feedback")
 def main(
     predictions: str,
     feedback_pattern: str,

@@ -547,13 +547,7 @@ def run(config: InferConfig, options: PipelineOptions) -> dict[str, Any]:
     required=True,
     help="Directory to write predictions/, prediction_logs/, rejected/ and manifest.json.",
 )
-@click.option(
-    "--format",
-    "input_format",
-    type=click.Choice(records.FORMATS),
-    default=None,
-    help="Input format [default: from the file extension].",
-)
+@ingest.input_format_option()
 @click.option(
     "--id_column",
     default=None,
@@ -573,12 +567,7 @@ def run(config: InferConfig, options: PipelineOptions) -> dict[str, Any]:
     default=DEFAULT_BATCH_SIZE,
     help="Most records per model call.",
 )
-@click.option(
-    "--max_rejected_fraction",
-    type=click.FloatRange(0.0, 1.0),
-    default=0.0,
-    help="Fail (exit 1) when more than this fraction of rows is rejected.",
-)
+@ingest.max_rejected_fraction_option
 def main(
     model_dir: str,
     input_pattern: str,

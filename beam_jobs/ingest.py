@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import apache_beam as beam
@@ -41,7 +41,9 @@ __all__ = [
     "assign_split",
     "build_pipeline",
     "fingerprint",
+    "input_format_option",
     "main",
+    "max_rejected_fraction_option",
     "parse_input",
     "parse_splits",
     "plan_ingest",
@@ -293,16 +295,13 @@ class _MergeColumnTypes(beam.CombineFn):
         self, accumulator: dict[str, ColumnType], item: RawRow | records.TextBatch
     ) -> dict[str, ColumnType]:
         if isinstance(item, records.TextBatch):
-            for column, texts in item.columns.items():
-                if accumulator.get(column) is not ColumnType.BYTES:
-                    kind = records.text_column_type(texts)
-                    if kind is not None and kind > accumulator.get(column, 0):
-                        accumulator[column] = kind
-            return accumulator
-        for column, value in (item.values or {}).items():
+            values, type_of = item.columns, records.text_column_type
+        else:
+            values, type_of = item.values or {}, records.value_type
+        for column, value in values.items():
             if accumulator.get(column) is ColumnType.BYTES:
                 continue  # Already the widest type: most columns settle here early.
-            kind = records.value_type(value)
+            kind = type_of(value)
             if kind is not None and kind > accumulator.get(column, 0):
                 accumulator[column] = kind
         return accumulator
@@ -374,11 +373,12 @@ def rejected_line(file: str, line: int, reason: str, raw: Any) -> str:
 
 
 class _TypeRows(beam.DoFn):
-    """Batches of `RawRow`s → (sort key, serialized tf.Example) each, or (sort key, rejected line)
-    tagged REJECTED.
+    """A `TextBatch` of CSV rows, or a list of other `RawRow`s → (sort key, serialized
+    tf.Example) per row, or (sort key, rejected line) tagged REJECTED.
 
     The sort key is (input file index, line): where the row came from, in input order. Rows are
-    encoded a batch at a time (`records.encode_examples`), each independently of its batch.
+    encoded a batch at a time (`records.encode_text_columns`, `records.encode_examples`), each
+    independently of its batch.
     """
 
     REJECTED = "rejected"
@@ -402,6 +402,10 @@ class _TypeRows(beam.DoFn):
         raw = privacy.scrub_rejected_row(row.values, row.raw, self._policy)
         line = rejected_line(row.file, row.line, reason, raw)
         return beam.pvalue.TaggedOutput(self.REJECTED, (sort_key, line))
+
+    def _scrubbed(self, counts: Mapping[str, int]) -> Iterator[beam.pvalue.TaggedOutput]:
+        for kind, count in counts.items():
+            yield beam.pvalue.TaggedOutput(self.SCRUBBED, (SCRUBBED_PREFIX + kind, count))
 
     def process(
         self, batch: list[RawRow] | records.TextBatch, inferred: dict[str, ColumnType]
@@ -432,8 +436,7 @@ class _TypeRows(beam.DoFn):
                 yield self._reject(batch.raw_row(index), sort_key, error)
                 continue
             for counts in scrubbed:
-                for kind, count in counts.get(index, {}).items():
-                    yield beam.pvalue.TaggedOutput(self.SCRUBBED, (SCRUBBED_PREFIX + kind, count))
+                yield from self._scrubbed(counts.get(index, {}))
             yield sort_key, serialized
 
     def _rows(self, rows: list[RawRow], column_types: dict[str, ColumnType]) -> Iterator[Any]:
@@ -455,8 +458,7 @@ class _TypeRows(beam.DoFn):
             if error is not None:
                 yield self._reject(row, sort_key, error)
                 continue
-            for kind, count in row_scrubbed.items():
-                yield beam.pvalue.TaggedOutput(self.SCRUBBED, (SCRUBBED_PREFIX + kind, count))
+            yield from self._scrubbed(row_scrubbed)
             yield sort_key, serialized
 
 
@@ -712,6 +714,25 @@ def run(config: IngestConfig, options: PipelineOptions) -> dict[str, Any]:
     return manifest
 
 
+def input_format_option(what: str = "Input") -> Callable[[Callable[..., Any]], Any]:
+    """`--format`, for the jobs that read raw records as ingest does."""
+    return click.option(
+        "--format",
+        "input_format",
+        type=click.Choice(records.FORMATS),
+        default=None,
+        help=f"{what} format [default: from the file extension].",
+    )
+
+
+max_rejected_fraction_option = click.option(
+    "--max_rejected_fraction",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.0,
+    help="Fail (exit 1) when more than this fraction of rows is rejected.",
+)
+
+
 @cli.beam_job_command(__doc__.split("\n\n")[0])
 @click.option(
     "--input",
@@ -723,13 +744,7 @@ def run(config: IngestConfig, options: PipelineOptions) -> dict[str, Any]:
 @click.option(
     "--output_dir", required=True, help="Directory to write splits, rejected/ and manifest.json."
 )
-@click.option(
-    "--format",
-    "input_format",
-    type=click.Choice(records.FORMATS),
-    default=None,
-    help="Input format [default: from the file extension].",
-)
+@input_format_option()
 @click.option(
     "--splits",
     default=None,
@@ -741,12 +756,7 @@ def run(config: IngestConfig, options: PipelineOptions) -> dict[str, Any]:
 @click.option(
     "--schema", default=None, help="TFDV schema.pbtxt giving column types instead of inference."
 )
-@click.option(
-    "--max_rejected_fraction",
-    type=click.FloatRange(0.0, 1.0),
-    default=0.0,
-    help="Fail (exit 1) when more than this fraction of rows is rejected.",
-)
+@max_rejected_fraction_option
 @click.option(
     "--span", type=click.IntRange(min=0), default=None, help="Span to ingest [default: newest]."
 )
