@@ -294,7 +294,7 @@ def _last_record_end(data: bytes) -> int:
 
 
 def _arrow_csv_block(
-    path: str, header: list[str], first_line: int, data: bytes
+    path: str, header: list[str], first_line: int, data: bytes, lines_in_data: int
 ) -> TextBatch | None:
     """A block of whole records parsed by Arrow, or None where Arrow might not read it as
     Python's csv module would.
@@ -327,7 +327,7 @@ def _arrow_csv_block(
     spans = np.ones(table.num_rows, np.int64)
     for column in columns.values():
         spans += pc.fill_null(pc.count_substring(column, "\n"), 0).to_numpy(zero_copy_only=False)
-    if int(spans.sum()) != _count_lines(data):
+    if int(spans.sum()) != lines_in_data:
         return None
     lines = first_line + np.concatenate([[0], np.cumsum(spans)[:-1]]).astype(np.int64)
     return TextBatch(path, lines, columns)
@@ -415,12 +415,16 @@ class _CsvReader:
             if not end and len(self._buffer) < _CSV_MAX_BLOCK_BYTES:
                 self._fill(len(self._buffer) + self._block_bytes)
                 continue
-            block = self._buffer[:end]
-            batch = _arrow_csv_block(self._path, self._header, self._line, block) if end else None
-            if batch is None:
-                yield self._python_block(end or len(self._buffer))
+            if not end:
+                yield self._python_block(len(self._buffer))
                 continue
-            self._consume(end, _count_lines(block))
+            block = self._buffer[:end]
+            lines = _count_lines(block)
+            batch = _arrow_csv_block(self._path, self._header, self._line, block, lines)
+            if batch is None:
+                yield self._python_block(end)
+                continue
+            self._consume(end, lines)
             yield batch
 
 

@@ -175,10 +175,10 @@ def test_block_reader_on_real_data_uses_arrow_and_matches_python(cfpb_2015_csv, 
     block = cfpb_2015_csv.read_bytes()[header_end : header_end + (1 << 20)]
     block = block[: records._last_record_end(block)]
     header = records.read_csv_header(str(cfpb_2015_csv))
-    assert records._arrow_csv_block("f.csv", header, 2, block) is not None
-    assert (
-        records._arrow_csv_block("f.csv", header, 2, block.replace(b"\r\n", b"\r\n\r\n", 1)) is None
-    )
+    lines = records._count_lines(block)
+    assert records._arrow_csv_block("f.csv", header, 2, block, lines) is not None
+    blank_line = block.replace(b"\r\n", b"\r\n\r\n", 1)
+    assert records._arrow_csv_block("f.csv", header, 2, blank_line, lines + 1) is None
 
 
 def test_ingest_small_csv_types_columns_over_the_whole_input(tmp_path):
