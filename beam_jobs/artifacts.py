@@ -28,6 +28,7 @@ from apache_beam.io.filesystems import FileSystems
 from beam_jobs.cli import JobError
 
 __all__ = [
+    "EXAMPLES_STAGES",
     "MANIFEST_FILE",
     "StagedOutput",
     "delete_tree",
@@ -47,6 +48,8 @@ __all__ = [
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT_VERSION = 1
+# Stages whose output is examples in ingest's layout (<split>/data-*.tfrecord.gz).
+EXAMPLES_STAGES = ("ingest", "feedback")
 _HASH_CHUNK_BYTES = 8 << 20
 _PINNED_PACKAGES = (
     "apache-beam",
@@ -123,11 +126,14 @@ def write_json(path: str, value: Any) -> None:
         handle.write(data)
 
 
-def read_manifest(stage_dir: str, *, flag: str = "input") -> dict[str, Any]:
-    """The manifest of a finished stage directory.
+def read_manifest(
+    stage_dir: str, *, flag: str = "input", stages: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The manifest of a finished stage directory, written by one of `stages` (any if empty).
 
     Raises:
-        JobError: the directory has no manifest, so the stage that writes it never finished.
+        JobError: the directory has no manifest, so the stage that writes it never finished, or
+            another stage wrote it (one stage's output given where another's is expected).
     """
     manifest_path = FileSystems.join(stage_dir, MANIFEST_FILE)
     if not FileSystems.exists(manifest_path):
@@ -135,7 +141,20 @@ def read_manifest(stage_dir: str, *, flag: str = "input") -> dict[str, Any]:
             f"--{flag}={stage_dir} is not a finished stage output (no {MANIFEST_FILE}); "
             "run the stage that writes it first"
         )
-    return read_json(manifest_path)
+    try:
+        manifest = read_json(manifest_path)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise JobError(
+            f"--{flag}={stage_dir}: {MANIFEST_FILE} is not valid JSON ({error})"
+        ) from None
+    if not isinstance(manifest, dict):
+        raise JobError(f"--{flag}={stage_dir}: {MANIFEST_FILE} is not a stage manifest")
+    if stages and manifest.get("stage") not in stages:
+        raise JobError(
+            f"--{flag}={stage_dir} is the output of the {manifest.get('stage', 'unknown')} stage, "
+            f"but --{flag} takes the output of {' or '.join(stages)}"
+        )
+    return manifest
 
 
 def _is_local(path: str) -> bool:

@@ -478,7 +478,9 @@ def plan_evaluation(config: EvaluateConfig) -> EvaluatePlan:
         cli.JobError: an unfinished ingest output, a missing split, a directory that is not a
             SavedModel, or an unreadable eval config.
     """
-    manifest = artifacts.read_manifest(config.examples_dir, flag="examples_dir")
+    manifest = artifacts.read_manifest(
+        config.examples_dir, flag="examples_dir", stages=artifacts.EXAMPLES_STAGES
+    )
     splits = list(manifest.get("splits") or [])
     if config.split not in splits:
         raise cli.JobError(

@@ -441,7 +441,7 @@ def plan_feedback(config: FeedbackConfig) -> FeedbackPlan:
         cli.JobError: the predictions are not a finished infer output, no feedback file.
         click.BadParameter: bad splits, or the same positive and negative label value.
     """
-    artifacts.read_manifest(config.predictions, flag="predictions")
+    artifacts.read_manifest(config.predictions, flag="predictions", stages=("infer",))
     prediction_files = tuple(
         item.path
         for item in artifacts.list_files(

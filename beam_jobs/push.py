@@ -61,7 +61,7 @@ def check_blessing(model_dir: str, evaluation_dir: str) -> dict[str, Any]:
         cli.JobError: the evaluation is incomplete.
         cli.NotBlessedError: the model is not blessed, or the evaluation was of another model.
     """
-    artifacts.read_manifest(evaluation_dir, flag="evaluation_dir")
+    artifacts.read_manifest(evaluation_dir, flag="evaluation_dir", stages=("evaluate",))
     blessing = artifacts.read_json(FileSystems.join(evaluation_dir, BLESSING_JSON))
     if not FileSystems.exists(FileSystems.join(evaluation_dir, BLESSED_FILE)):
         failed = [t.get("name", "?") for t in blessing.get("thresholds", []) if not t.get("passed")]

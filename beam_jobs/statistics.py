@@ -212,7 +212,9 @@ def run(config: StatisticsConfig, options: PipelineOptions) -> dict[str, Any]:
         cli.JobError: the examples directory is not a finished ingest output, a count does not
             match, or a `--slice_by` feature does not exist.
     """
-    ingest_manifest = artifacts.read_manifest(config.examples_dir, flag="examples_dir")
+    ingest_manifest = artifacts.read_manifest(
+        config.examples_dir, flag="examples_dir", stages=artifacts.EXAMPLES_STAGES
+    )
     splits = list(ingest_manifest.get("splits") or [])
     if not splits:
         raise cli.JobError(f"--examples_dir={config.examples_dir}: its manifest names no splits")

@@ -126,7 +126,9 @@ def plan_transform(config: TransformConfig) -> TransformPlan:
         cli.JobError: unfinished ingest output, unknown splits, analyze splits without rows, a bad
             schema, or a `preprocessing_fn` that cannot be loaded.
     """
-    manifest = artifacts.read_manifest(config.examples_dir, flag="examples_dir")
+    manifest = artifacts.read_manifest(
+        config.examples_dir, flag="examples_dir", stages=artifacts.EXAMPLES_STAGES
+    )
     available = list(manifest["splits"])
     analyze = _choose_splits(
         "analyze_splits", cli.split_list(config.analyze_splits), available, config.examples_dir

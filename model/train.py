@@ -323,7 +323,9 @@ def export_model(
 
 def _load_transform(config: TrainConfig) -> tuple[tft.TFTransformOutput, dict[str, Any]]:
     """The finished transform output and its manifest; the label must be a transformed feature."""
-    manifest = artifacts.read_manifest(config.transform_dir, flag="transform_dir")
+    manifest = artifacts.read_manifest(
+        config.transform_dir, flag="transform_dir", stages=("transform",)
+    )
     tf_transform_output = tft.TFTransformOutput(config.transform_dir)
     spec = tf_transform_output.transformed_feature_spec()
     if config.label_key not in spec:
