@@ -12,11 +12,14 @@ import datetime
 import hashlib
 import importlib.metadata
 import json
+import logging
 import os
 import queue
 import shutil
+import socket
 import struct
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -29,8 +32,11 @@ from beam_jobs.cli import JobError
 
 __all__ = [
     "EXAMPLES_STAGES",
+    "FAILED_FILE",
+    "FAILED_SUFFIX",
     "MANIFEST_FILE",
     "StagedOutput",
+    "check_output_dir",
     "delete_tree",
     "directory_fingerprint",
     "file_fingerprint",
@@ -122,6 +128,15 @@ def read_json(path: str) -> Any:
 def write_json(path: str, value: Any) -> None:
     """Writes one JSON file through Beam's FileSystems (sorted keys, so reruns compare equal)."""
     data = json.dumps(value, indent=2, sort_keys=True, default=str).encode("utf-8") + b"\n"
+    if _is_local(path):
+        # Written aside and renamed over the old file: a crash never leaves half a manifest.
+        directory, name = os.path.split(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        temporary = os.path.join(directory, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, path)
+        return
     with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
         handle.write(data)
 
@@ -171,36 +186,203 @@ def delete_tree(path: str) -> None:
         FileSystems.delete(files)
 
 
+# What a run leaves while it writes, and what a failed run leaves for inspection, beside the output.
+_STAGING_INFIX = ".staging-"
+_REPLACED_SUFFIX = ".replaced"
+FAILED_SUFFIX = ".failed"
+FAILED_FILE = "FAILED.json"
+_OWNER_FILE = ".owner.json"
+# A staging folder without an owner file that is younger than this may be one being created.
+_UNOWNED_GRACE_SECONDS = 60
+
+
+def _normalized(path: str) -> str:
+    """A path to compare with others: absolute and without links locally, no trailing slash."""
+    if _is_local(path):
+        return os.path.realpath(os.path.abspath(path or "."))
+    return path.rstrip("/")
+
+
+def _within(path: str, ancestor: str) -> bool:
+    """Whether `path` is `ancestor` or lies below it (both normalized)."""
+    return path == ancestor or path.startswith(ancestor.rstrip("/") + "/")
+
+
+def _input_paths(pattern: str) -> list[str]:
+    """The paths an input flag names: the files a pattern matches, or the path itself."""
+    paths = [_normalized(pattern)]
+    if any(char in pattern for char in "*?["):
+        paths = [_normalized(metadata.path) for metadata in list_files(pattern)]
+        # A recursive pattern reaches everything below its fixed part, future outputs too.
+        if "**" in pattern:
+            paths.append(_normalized(pattern.split("**", 1)[0] or "."))
+    return paths
+
+
+def _check_not_an_input(output_dir: str, flag: str, inputs: Iterable[str]) -> None:
+    target = _normalized(output_dir)
+    for pattern in inputs:
+        for path in _input_paths(pattern):
+            if _within(path, target) or _within(target, path):
+                relation = (
+                    "is"
+                    if path == target
+                    else "contains"
+                    if _within(path, target)
+                    else "lies inside"
+                )
+                raise JobError(
+                    f"--{flag}={output_dir} {relation} the input {path}: a job never writes over "
+                    f"what it reads; choose a directory of its own"
+                )
+
+
+def _check_local_location(output_dir: str, flag: str) -> None:
+    target = _normalized(output_dir)
+    if _within(_normalized(os.getcwd()), target):
+        raise JobError(
+            f"--{flag}={output_dir} is or contains the current directory; "
+            "name a new or empty directory of its own"
+        )
+    ancestor = os.path.dirname(target)
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise JobError(f"--{flag}={output_dir} lies under {ancestor}, which is a file")
+    if os.path.exists(target) and not os.path.isdir(target):
+        raise JobError(f"--{flag}={output_dir} exists and is not a directory")
+
+
+def _directory_entries(directory: str) -> list[str]:
+    """The names directly below a directory (local or object store); empty if it is absent."""
+    if _is_local(directory):
+        return sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+    prefix = directory.rstrip("/") + "/"
+    return sorted({m.path[len(prefix) :].split("/", 1)[0] for m in list_files(prefix + "**")})
+
+
+def check_output_dir(
+    output_dir: str,
+    stage: str,
+    *,
+    inputs: Iterable[str] = (),
+    flag: str = "output_dir",
+    own_entries: Iterable[str] = (),
+) -> None:
+    """Refuses, before any work, an output directory this stage may not write into.
+
+    A stage writes only into a directory that is absent, empty, or a previous output of the same
+    stage (its manifest names the stage), and never into, over or around one of its inputs.
+    `own_entries` are names a stage that writes in place (training) may find there unfinished.
+
+    Raises:
+        JobError: one line naming what is there.
+    """
+    if not output_dir:
+        raise JobError(f"--{flag} is empty: name a directory")
+    if _is_local(output_dir):
+        _check_local_location(output_dir, flag)
+    _check_not_an_input(output_dir, flag, inputs)
+    entries = _directory_entries(output_dir)
+    if not entries:
+        return
+    if MANIFEST_FILE in entries:
+        try:
+            written_by = read_json(FileSystems.join(output_dir, MANIFEST_FILE)).get("stage")
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            written_by = None
+        if written_by == stage:
+            return
+        raise JobError(
+            f"--{flag}={output_dir} holds the output of the {written_by or 'unknown'} stage, "
+            f"not of {stage}; choose another directory (a job only replaces its own output)"
+        )
+    foreign = [entry for entry in entries if entry not in set(own_entries)]
+    if not foreign:
+        return
+    shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+    raise JobError(
+        f"--{flag}={output_dir} is not empty and no {stage} run wrote it (it holds {shown}); "
+        "choose a new or empty directory"
+    )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _owner() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started_at": utc_now()}
+
+
+def _is_abandoned(staging_dir: str) -> bool:
+    """Whether a staging folder was left by a run that is gone (killed) on this host."""
+    owner_path = FileSystems.join(staging_dir, _OWNER_FILE)
+    if FileSystems.exists(owner_path):
+        try:
+            owner = read_json(owner_path)
+        except (ValueError, UnicodeDecodeError):
+            return True
+        return owner.get("host") == socket.gethostname() and not _pid_alive(int(owner["pid"]))
+    if _is_local(staging_dir) and os.path.isdir(staging_dir):
+        return time.time() - os.path.getmtime(staging_dir) > _UNOWNED_GRACE_SECONDS
+    return False
+
+
 class StagedOutput:
     """A stage's output directory, written in a staging directory and published atomically.
 
-    Use as a context manager: write under `staging_dir`, then call `publish(manifest)`. Leaving
-    the block without publishing (an exception) deletes the staging directory, and the output
-    directory is left as it was.
+    Constructing it checks the output directory (`check_output_dir`), before any work. Use as a
+    context manager: write under `staging_dir`, then call `publish(...)`. Until `publish` has
+    written the new manifest, a previous output stays in place, untouched. Leaving the block
+    without publishing (an exception) keeps what was written in `<output_dir>.failed/` with a
+    `FAILED.json` saying why (replacing an earlier failure of the same stage), and a `JobError`'s
+    line says where. Entering removes staging folders of killed runs into the same output.
     """
 
-    def __init__(self, output_dir: str, stage: str) -> None:
-        self.output_dir = output_dir.rstrip("/")
+    def __init__(
+        self,
+        output_dir: str,
+        stage: str,
+        *,
+        inputs: Iterable[str] = (),
+        flag: str = "output_dir",
+    ) -> None:
+        check_output_dir(output_dir, stage, inputs=inputs, flag=flag)
+        self.output_dir = (
+            _normalized(output_dir) if _is_local(output_dir) else output_dir.rstrip("/")
+        )
         self.stage = stage
         self.started_at = utc_now()
-        parent, name = (
-            os.path.split(self.output_dir)
-            if _is_local(self.output_dir)
-            else (self.output_dir.rsplit("/", 1))
-        )
+        self.failed_dir = self.output_dir + FAILED_SUFFIX
+        parent, self._name = self.output_dir.rsplit("/", 1)
+        self._parent = parent or "/"
         self.staging_dir = FileSystems.join(
-            parent or ".", f".{name}.staging-{uuid.uuid4().hex[:12]}"
+            self._parent, f".{self._name}{_STAGING_INFIX}{uuid.uuid4().hex[:12]}"
         )
         self._published = False
 
     def __enter__(self) -> StagedOutput:
+        self._remove_abandoned()
         if _is_local(self.staging_dir):
             os.makedirs(self.staging_dir)
+        write_json(self.path(_OWNER_FILE), _owner())
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        if not self._published:
-            delete_tree(self.staging_dir)
+    def __exit__(self, exc_type: Any, error: BaseException | None, traceback: Any) -> None:
+        if self._published:
+            return
+        kept = self._keep_failed(error)
+        if isinstance(error, JobError) and kept not in str(error):
+            error.args = (f"{error}; partial output kept in {kept}",)
+        elif error is not None and not isinstance(error, JobError):
+            logging.error("%s failed; partial output kept in %s", self.stage, kept)
 
     def path(self, *parts: str) -> str:
         """A path inside the staging directory."""
@@ -213,50 +395,106 @@ class StagedOutput:
         parameters: dict[str, Any],
         counts: dict[str, Any],
         extra: dict[str, Any] | None = None,
-        complete: bool = True,
     ) -> dict[str, Any]:
         """Writes the manifest last and moves the staging directory to the output directory.
 
-        With `complete=False` the outputs are moved into place without a manifest, for a stage
-        that failed but left something to inspect (rejected rows); later stages refuse them.
-
         Returns:
-            The manifest as written (empty when `complete` is false).
+            The manifest as written.
         """
-        manifest: dict[str, Any] = {}
-        if complete:
-            manifest = {
-                "stage": self.stage,
-                "format_version": MANIFEST_FORMAT_VERSION,
-                "inputs": inputs,
-                "parameters": parameters,
-                "counts": counts,
-                "package_versions": package_versions(),
-                "started_at": self.started_at,
-                "finished_at": utc_now(),
-                **(extra or {}),
-            }
-            write_json(self.path(MANIFEST_FILE), manifest)
+        manifest = {
+            "stage": self.stage,
+            "format_version": MANIFEST_FORMAT_VERSION,
+            "inputs": inputs,
+            "parameters": parameters,
+            "counts": counts,
+            "package_versions": package_versions(),
+            "started_at": self.started_at,
+            "finished_at": utc_now(),
+            **(extra or {}),
+        }
+        FileSystems.delete([self.path(_OWNER_FILE)])
+        write_json(self.path(MANIFEST_FILE), manifest)
         self._move_into_place()
         self._published = True
+        if self._is_own_failure(self.failed_dir):
+            delete_tree(self.failed_dir)  # A success supersedes the last failure's leftovers.
         return manifest
 
+    def _siblings(self) -> list[str]:
+        """Staging and replaced folders of earlier runs into the same output directory."""
+        prefix = FileSystems.join(self._parent, f".{self._name}{_STAGING_INFIX}")
+        if _is_local(prefix):
+            parent = os.path.dirname(prefix)
+            name = os.path.basename(prefix)
+            found = os.listdir(parent) if os.path.isdir(parent) else []
+            return sorted(os.path.join(parent, n) for n in found if n.startswith(name))
+        names = {m.path[len(prefix) :].split("/", 1)[0] for m in list_files(prefix + "*/**")}
+        return sorted(prefix + name for name in names)
+
+    def _remove_abandoned(self) -> None:
+        for sibling in self._siblings():
+            if sibling.endswith(_REPLACED_SUFFIX):
+                self._settle_replaced(sibling)
+            elif _is_abandoned(sibling):
+                logging.info("removing %s, left by a run that was killed", sibling)
+                delete_tree(sibling)
+
+    def _settle_replaced(self, replaced: str) -> None:
+        """A previous output moved aside by a publish that died before the new one took its
+        place: put it back if the output is missing, else it is superseded."""
+        if _is_local(self.output_dir) and not os.path.exists(self.output_dir):
+            logging.info("restoring %s, the last good output, from %s", self.output_dir, replaced)
+            os.rename(replaced, self.output_dir)
+        else:
+            delete_tree(replaced)
+
+    def _is_own_failure(self, path: str) -> bool:
+        marker = FileSystems.join(path, FAILED_FILE)
+        try:
+            return FileSystems.exists(marker) and read_json(marker).get("stage") == self.stage
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            return False
+
+    def _keep_failed(self, error: BaseException | None) -> str:
+        """Moves the staging folder to `failed_dir` (or keeps it where it is, if `failed_dir`
+        holds something else) with a `FAILED.json`; returns where it is."""
+        reason = f"{type(error).__name__}: {error}" if error is not None else "not published"
+        write_json(
+            self.path(FAILED_FILE),
+            {
+                "stage": self.stage,
+                "reason": reason,
+                "started_at": self.started_at,
+                "failed_at": utc_now(),
+            },
+        )
+        if FileSystems.exists(self.path(_OWNER_FILE)):
+            FileSystems.delete([self.path(_OWNER_FILE)])
+        if not _is_local(self.staging_dir):
+            return self.staging_dir
+        if os.path.exists(self.failed_dir):
+            if not self._is_own_failure(self.failed_dir):
+                return self.staging_dir
+            shutil.rmtree(self.failed_dir)
+        os.rename(self.staging_dir, self.failed_dir)
+        return self.failed_dir
+
     def _move_into_place(self) -> None:
-        old_manifest = FileSystems.join(self.output_dir, MANIFEST_FILE)
-        if FileSystems.exists(old_manifest):
-            # Un-commit the old output first: no crash below may leave a manifest over mixed files.
-            FileSystems.delete([old_manifest])
         if _is_local(self.output_dir):
             replaced = None
             if os.path.exists(self.output_dir):
-                replaced = f"{self.staging_dir}.replaced"
+                replaced = f"{self.staging_dir}{_REPLACED_SUFFIX}"
                 os.rename(self.output_dir, replaced)
-            os.makedirs(os.path.dirname(os.path.abspath(self.output_dir)), exist_ok=True)
+            os.makedirs(self._parent, exist_ok=True)
             os.rename(self.staging_dir, self.output_dir)
             if replaced:
                 shutil.rmtree(replaced, ignore_errors=True)
             return
-        # Object stores have no directory rename: copy file by file, the manifest last.
+        # Object stores have no directory rename: un-commit the old output first (no crash below
+        # may leave a manifest over mixed files), then copy file by file, the manifest last.
+        old_manifest = FileSystems.join(self.output_dir, MANIFEST_FILE)
+        if FileSystems.exists(old_manifest):
+            FileSystems.delete([old_manifest])
         delete_tree(self.output_dir)
         sources = [
             metadata.path for metadata in list_files(FileSystems.join(self.staging_dir, "**"))

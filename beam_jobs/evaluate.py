@@ -614,11 +614,26 @@ def run(config: EvaluateConfig, options: PipelineOptions) -> dict[str, Any]:
         cli.NotBlessedError: a threshold failed (after publishing the output and its report).
         cli.JobError: unusable inputs, or the examples evaluated differ from ingest's count.
     """
+    staged = artifacts.StagedOutput(
+        config.output_dir,
+        STAGE,
+        inputs=[
+            path
+            for path in (
+                config.model_dir,
+                config.examples_dir,
+                config.eval_config,
+                config.baseline_model_dir,
+                config.serving_dir,
+            )
+            if path
+        ],
+    )
     plan = plan_evaluation(config)
     if plan.change_thresholds_skipped:
         logging.info("evaluate: no baseline model: change thresholds skipped")
     logging.info("evaluate: %s on %s", config.model_dir, plan.file_pattern)
-    with artifacts.StagedOutput(config.output_dir, STAGE) as staged:
+    with staged:
         with beam.Pipeline(options=options) as pipeline:
             build_pipeline(pipeline, plan, staged.staging_dir)
         counts_path = staged.path(_COUNTS_FILE)

@@ -538,6 +538,9 @@ def run(config: FeedbackConfig, options: PipelineOptions) -> dict[str, Any]:
     Raises:
         cli.JobError: bad inputs, or counts that do not add up.
     """
+    staged = artifacts.StagedOutput(
+        config.output_dir, STAGE, inputs=[config.predictions, config.feedback]
+    )
     plan = plan_feedback(config)
     logging.info(
         "feedback: %d %s file(s) against %s",
@@ -545,7 +548,7 @@ def run(config: FeedbackConfig, options: PipelineOptions) -> dict[str, Any]:
         plan.feedback_format,
         config.predictions,
     )
-    with artifacts.StagedOutput(config.output_dir, STAGE) as staged:
+    with staged:
         with beam.Pipeline(options=options) as pipeline:
             build_pipeline(pipeline, plan, staged.staging_dir)
         counts_path = staged.path(_COUNTS_FILE)

@@ -500,6 +500,11 @@ def run(config: InferConfig, options: PipelineOptions) -> dict[str, Any]:
         cli.JobError: bad model or input, or more rejected rows than `max_rejected_fraction`
             allows (then the output is moved into place without a manifest, for inspection).
     """
+    staged = artifacts.StagedOutput(
+        config.output_dir,
+        STAGE,
+        inputs=[config.model_dir, config.input, *([config.schema] if config.schema else [])],
+    )
     plan = plan_infer(config)
     logging.info(
         "infer: model %s version %s (%s), %d %s file(s)",
@@ -509,15 +514,13 @@ def run(config: InferConfig, options: PipelineOptions) -> dict[str, Any]:
         len(plan.files),
         plan.input_format,
     )
-    with artifacts.StagedOutput(config.output_dir, STAGE) as staged:
+    with staged:
         with beam.Pipeline(options=options) as pipeline:
             build_pipeline(pipeline, plan, staged.staging_dir)
         counts = _read_counts(staged, config)
         _complete_shards(staged.staging_dir, plan.num_shards)
         read, rejected = counts[ingest.ROWS_READ], counts[ingest.ROWS_REJECTED]
-        ingest.publish_if_too_many_rejected(
-            staged, read, rejected, config.max_rejected_fraction, config.output_dir
-        )
+        ingest.publish_if_too_many_rejected(staged, read, rejected, config.max_rejected_fraction)
         manifest = staged.publish(
             inputs={
                 "raw": [artifacts.file_fingerprint(item.path) for item in plan.files],

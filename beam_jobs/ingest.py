@@ -42,6 +42,7 @@ __all__ = [
     "build_pipeline",
     "fingerprint",
     "input_format_option",
+    "input_patterns",
     "main",
     "max_rejected_fraction_option",
     "parse_input",
@@ -151,6 +152,15 @@ def parse_input(text: str) -> dict[str | None, str]:
 
 def _absolute(pattern: str) -> str:
     return pattern if FileSystems.get_scheme(pattern) else os.path.abspath(pattern)
+
+
+def input_patterns(config: IngestConfig) -> list[str]:
+    """Every path pattern the job reads (spans and versions as wildcards), for output checks."""
+    patterns = [
+        _absolute(pattern).replace(_SPAN, "*").replace(_VERSION, "*")
+        for pattern in parse_input(config.input).values()
+    ]
+    return patterns + ([config.schema] if config.schema else [])
 
 
 def _resolve_span(
@@ -570,21 +580,19 @@ def publish_if_too_many_rejected(
     rows_read: int,
     rows_rejected: int,
     max_rejected_fraction: float,
-    output_dir: str,
 ) -> None:
-    """Over the allowed share of rejected rows: moves the output into place without a manifest
-    (to read the reasons) and fails with one line saying how many and where to look.
+    """Over the allowed share of rejected rows: fails with one line saying how many and where
+    to read the reasons (the failed output, kept beside the output directory).
 
     Raises:
         cli.JobError: more than `max_rejected_fraction` of the rows were rejected.
     """
     if rows_rejected <= max_rejected_fraction * rows_read:
         return
-    staged.publish(inputs={}, parameters={}, counts={}, complete=False)
     raise cli.JobError(
         f"{rows_rejected} of {rows_read} rows rejected ({rows_rejected / rows_read:.2%}), more "
-        f"than --max_rejected_fraction={max_rejected_fraction}; "
-        f"reasons in {FileSystems.join(output_dir, REJECTED_DIR)}/"
+        f"than --max_rejected_fraction={max_rejected_fraction}; nothing was published; "
+        f"reasons in {FileSystems.join(staged.failed_dir, REJECTED_DIR)}/"
     )
 
 
@@ -659,11 +667,12 @@ def run(config: IngestConfig, options: PipelineOptions) -> dict[str, Any]:
         cli.JobError: bad input, no rows, or more rejected rows than `max_rejected_fraction` allows
             (then the output is moved into place without a manifest, for inspection).
     """
+    staged = artifacts.StagedOutput(config.output_dir, STAGE, inputs=input_patterns(config))
     plan = plan_ingest(config)
     logging.info(
         "ingest: %d %s file(s), splits %s", len(plan.files), plan.input_format, plan.splits
     )
-    with artifacts.StagedOutput(config.output_dir, STAGE) as staged:
+    with staged:
         with beam.Pipeline(options=options) as pipeline:
             build_pipeline(pipeline, plan, staged.staging_dir)
         counts_path = staged.path(_COUNTS_FILE)
@@ -685,9 +694,7 @@ def run(config: IngestConfig, options: PipelineOptions) -> dict[str, Any]:
                 for kind in privacy.KINDS
                 if any(kind in kinds for kinds in plan.policy.scrub.values())
             }
-        publish_if_too_many_rejected(
-            staged, rows_read, rejected, config.max_rejected_fraction, config.output_dir
-        )
+        publish_if_too_many_rejected(staged, rows_read, rejected, config.max_rejected_fraction)
         manifest = staged.publish(
             inputs={"raw": [artifacts.file_fingerprint(item.path) for item in plan.files]},
             parameters={

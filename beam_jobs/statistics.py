@@ -212,6 +212,7 @@ def run(config: StatisticsConfig, options: PipelineOptions) -> dict[str, Any]:
         cli.JobError: the examples directory is not a finished ingest output, a count does not
             match, or a `--slice_by` feature does not exist.
     """
+    staged = artifacts.StagedOutput(config.output_dir, STAGE, inputs=[config.examples_dir])
     ingest_manifest = artifacts.read_manifest(
         config.examples_dir, flag="examples_dir", stages=artifacts.EXAMPLES_STAGES
     )
@@ -219,7 +220,7 @@ def run(config: StatisticsConfig, options: PipelineOptions) -> dict[str, Any]:
     if not splits:
         raise cli.JobError(f"--examples_dir={config.examples_dir}: its manifest names no splits")
     logging.info("statistics: splits %s of %s", splits, config.examples_dir)
-    with artifacts.StagedOutput(config.output_dir, STAGE) as staged:
+    with staged:
         with beam.Pipeline(options=options) as pipeline:
             build_pipeline(pipeline, config, splits, staged.staging_dir)
         counts_path = staged.path(_COUNTS_FILE)

@@ -362,6 +362,9 @@ def run(config: TransformConfig, options: PipelineOptions) -> dict[str, Any]:
     Raises:
         cli.JobError: bad input or user function, or counts that do not match the ingest's.
     """
+    staged = artifacts.StagedOutput(
+        config.output_dir, STAGE, inputs=[config.examples_dir, config.schema]
+    )
     plan = plan_transform(config)
     logging.info(
         "transform: analyze %s, transform %s with %s",
@@ -369,7 +372,7 @@ def run(config: TransformConfig, options: PipelineOptions) -> dict[str, Any]:
         plan.transform_splits,
         config.preprocessing_fn,
     )
-    with artifacts.StagedOutput(config.output_dir, STAGE) as staged:
+    with staged:
         temp_dir = staged.path(_TFT_TEMP_DIR)
         with beam.Pipeline(options=options) as pipeline, tft_beam.Context(temp_dir=temp_dir):
             build_pipeline(pipeline, plan, staged.staging_dir)

@@ -238,12 +238,26 @@ def run(config: ValidateConfig) -> dict[str, Any]:
         cli.ValidationAnomaliesError: anomalies were found (after publishing the report).
         cli.JobError: an input directory is unfinished, the schema or environment is unusable.
     """
+    staged = artifacts.StagedOutput(
+        config.output_dir,
+        STAGE,
+        inputs=[
+            path
+            for path in (
+                config.statistics_dir,
+                config.schema,
+                config.baseline_statistics_dir,
+                config.serving_statistics_dir,
+            )
+            if path
+        ],
+    )
     by_split = _load_statistics_dir(config.statistics_dir, "statistics_dir")
     schema, inferred = load_or_infer_schema(config.schema, by_split)
     results, environment = _validate_all(config, by_split, schema)
     rows = {split: reports.anomaly_rows(split, result) for split, result in results.items()}
     report_path = FileSystems.join(config.output_dir, REPORT_FILE)
-    with artifacts.StagedOutput(config.output_dir, STAGE) as staged:
+    with staged:
         for split, result in results.items():
             _write_text(staged.path(split, ANOMALIES_FILE), text_format.MessageToString(result))
         page = reports.anomalies_html(

@@ -517,10 +517,15 @@ def run(config: TrainConfig) -> dict[str, Any]:
         click.UsageError: DP-SGD flags without the noise multiplier or the clip.
     """
     started_at = artifacts.utc_now()
+    # Training writes in place (a rerun resumes from its checkpoints), so the directory may also
+    # hold an unfinished run's folders; the previous manifest stays until the new one replaces it.
+    artifacts.check_output_dir(
+        config.output_dir,
+        STAGE,
+        inputs=[path for path in (config.transform_dir, config.base_model) if path],
+        own_entries=(CHECKPOINTS_DIR, LOGS_DIR, SERVING_MODEL_DIR),
+    )
     manifest_path = FileSystems.join(config.output_dir, artifacts.MANIFEST_FILE)
-    if FileSystems.exists(manifest_path):
-        # Un-commit the previous run first: no crash below may leave its manifest over new files.
-        FileSystems.delete([manifest_path])
     dp_options = _dp_options(config)
     tf_transform_output, transform_manifest = _load_transform(config)
     hparams = _hparams(config)

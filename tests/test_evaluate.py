@@ -233,15 +233,16 @@ def test_both_baseline_flags_are_a_usage_error(tmp_path):
 
 def test_unfinished_inputs_are_one_line_errors(tmp_path, ingested_2015_curated):
     (tmp_path / "unfinished").mkdir()
+    (tmp_path / "model").mkdir()
     result = run_evaluate(
-        f"--model_dir={tmp_path}",
+        f"--model_dir={tmp_path / 'model'}",
         f"--examples_dir={tmp_path / 'unfinished'}",
         f"--output_dir={tmp_path / 'out'}",
     )
     assert result.exit_code == cli.EXIT_ERROR
     assert "no manifest.json" in result.output
     result = run_evaluate(
-        f"--model_dir={tmp_path}",
+        f"--model_dir={tmp_path / 'model'}",
         f"--examples_dir={ingested_2015_curated}",
         f"--output_dir={tmp_path / 'out'}",
     )

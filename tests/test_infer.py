@@ -177,7 +177,10 @@ def test_without_schema_a_numeric_zip_code_is_rejected_by_the_model(
     )
     assert result.exit_code == cli.EXIT_ERROR
     assert "3 of 3 rows rejected" in result.output
-    reasons = {r["reason"] for r in read_jsonl(tmp_path / "out" / "rejected")}
+    assert not (tmp_path / "out").exists()  # Failed: kept aside for inspection, not published.
+    reasons = {
+        r["reason"] for r in read_jsonl(tmp_path / f"out{artifacts.FAILED_SUFFIX}" / "rejected")
+    }
     assert reasons == {
         "inference failed: InvalidArgumentError: Key: zip_code, Index: 0.  Data types don't "
         "match. Expected type: string, Actual type: int64"

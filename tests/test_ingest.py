@@ -235,12 +235,14 @@ def test_corrupted_rows_are_rejected_with_reasons(tmp_path, cfpb_2015_csv):
     result = CliRunner().invoke(ingest.main, [f"--input={corrupted}", f"--output_dir={output_dir}"])
     assert result.exit_code == cli.EXIT_ERROR
     assert "3 of 28156 rows rejected" in result.output
-    assert "rejected/" in result.output
+    failed_dir = tmp_path / f"strict{artifacts.FAILED_SUFFIX}"
+    assert f"reasons in {failed_dir / 'rejected'}/" in result.output
     assert "Traceback" not in result.output
-    assert not (output_dir / artifacts.MANIFEST_FILE).exists()
+    assert not output_dir.exists()  # Nothing published; the partial output waits aside.
+    assert not (failed_dir / artifacts.MANIFEST_FILE).exists()
     rejected = [
         json.loads(line)
-        for line in (output_dir / "rejected" / "rejected-00000-of-00001.jsonl")
+        for line in (failed_dir / "rejected" / "rejected-00000-of-00001.jsonl")
         .read_text()
         .splitlines()
     ]
@@ -450,12 +452,16 @@ def test_a_stage_dir_without_manifest_is_refused(tmp_path):
         artifacts.read_manifest(str(tmp_path / "half"), flag="examples_dir")
 
 
-def test_staged_output_leaves_nothing_behind_on_failure(tmp_path):
+def test_staged_output_keeps_a_failure_aside_and_publishes_nothing(tmp_path):
     output_dir = tmp_path / "stage"
     with pytest.raises(RuntimeError), artifacts.StagedOutput(str(output_dir), "test") as staged:
         write(pathlib.Path(staged.path("part.txt")), "partial")
         raise RuntimeError("killed mid-way")
-    assert list(tmp_path.iterdir()) == []
+    failed_dir = tmp_path / f"stage{artifacts.FAILED_SUFFIX}"
+    assert [p.name for p in tmp_path.iterdir()] == [failed_dir.name]
+    assert (failed_dir / "part.txt").read_text() == "partial"
+    failure = json.loads((failed_dir / artifacts.FAILED_FILE).read_text())
+    assert "killed mid-way" in failure["reason"]
     with artifacts.StagedOutput(str(output_dir), "test") as staged:
         write(pathlib.Path(staged.path("part.txt")), "whole")
         staged.publish(inputs={}, parameters={}, counts={"n": 1})

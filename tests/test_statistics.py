@@ -45,7 +45,7 @@ def write_tiny_ingest_output(directory: pathlib.Path, rows: int) -> pathlib.Path
     )
     artifacts.write_json(
         str(directory / artifacts.MANIFEST_FILE),
-        {"splits": ["train"], "counts": {"rows_written": {"train": rows}}},
+        {"stage": "ingest", "splits": ["train"], "counts": {"rows_written": {"train": rows}}},
     )
     return directory
 
@@ -133,10 +133,14 @@ def test_a_count_that_differs_from_ingest_fails_and_publishes_nothing(tmp_path):
     manifest_path.write_text(json.dumps(manifest))
     output_dir = tmp_path / "out"
     config = statistics.StatisticsConfig(examples_dir=str(examples_dir), output_dir=str(output_dir))
-    with pytest.raises(cli.JobError, match="read 7 examples but ingest wrote 8"):
+    failed_dir = tmp_path / f"out{artifacts.FAILED_SUFFIX}"
+    with pytest.raises(cli.JobError, match="read 7 examples but ingest wrote 8") as error:
         statistics.run(config, direct_options())
+    assert f"partial output kept in {failed_dir}" in str(error.value)
     assert not output_dir.exists()
-    assert list(tmp_path.iterdir()) == [examples_dir]  # No staging directory left behind.
+    # No staging directory left behind; the failed run's output waits aside, never published.
+    assert sorted(tmp_path.iterdir()) == [examples_dir, failed_dir]
+    assert not (failed_dir / artifacts.MANIFEST_FILE).exists()
 
 
 def test_slice_by_an_unknown_feature_fails(tmp_path):

@@ -274,8 +274,9 @@ def test_help_lists_every_job_flag_with_its_default():
 
 
 def test_unfinished_ingest_output_is_refused(small_ingested, tmp_path):
+    (tmp_path / "half").mkdir()
     result = _transform_cli(
-        f"--examples_dir={tmp_path}",
+        f"--examples_dir={tmp_path / 'half'}",
         f"--schema={CURATED_SCHEMA}",
         f"--output_dir={tmp_path / 'out'}",
     )
