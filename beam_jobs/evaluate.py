@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import itertools
 import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -29,6 +30,7 @@ from typing import Any
 import apache_beam as beam
 import click
 import pyarrow as pa
+import tensorflow as tf
 import tensorflow_model_analysis as tfma
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -74,6 +76,9 @@ NOT_BLESSED_FILE = push.NOT_BLESSED_FILE
 BLESSING_JSON = push.BLESSING_JSON
 REPORT_FILE = "report.html"
 TFMA_DIR = "tfma"
+DEFAULT_SIGNATURE = "serving_default"
+# Examples scored in this process before the pipeline, to fail early on another data set's.
+_PROBE_EXAMPLES = 64
 EXAMPLES_PATTERN = f"{ingest.EXAMPLES_FILE_PREFIX}-*{ingest.EXAMPLES_FILE_SUFFIX}"
 EXAMPLES_EVALUATED = "examples_evaluated"
 SAVED_MODEL_FILE = "saved_model.pb"
@@ -471,6 +476,58 @@ def _model_ref(path: str, flag: str) -> ModelRef:
     return ModelRef(path, artifacts.directory_fingerprint(path))
 
 
+def _first_examples(file_pattern: str, count: int) -> list[bytes]:
+    for metadata in artifacts.list_files(file_pattern):
+        records = list(itertools.islice(artifacts.read_tfrecords(metadata.path), count))
+        if records:
+            return records
+    return []
+
+
+def _error_line(error: tf.errors.OpError) -> str:
+    """What TensorFlow's message says went wrong, without its frame about graphs and nodes."""
+    lines = [
+        line.strip().removeprefix("Name: <unknown>, ")
+        for line in error.message.splitlines()
+        if line.strip()
+        and not line.strip().startswith(("[[", "Graph execution error", "Detected at node", "<"))
+    ]
+    return (lines[-1] if lines else error.message).split(" [[", 1)[0].strip()
+
+
+def check_model_reads_examples(
+    model: ModelRef, flag: str, file_pattern: str, spec: config_pb2.ModelSpec
+) -> None:
+    """Scores a few examples through the signatures TFMA will call, before the pipeline starts.
+
+    Examples of another data set (a feature the model requires is missing, or typed otherwise)
+    then fail here in one line, not in every Beam worker with a traceback each.
+
+    Raises:
+        cli.JobError: a signature is missing, or cannot read the examples.
+    """
+    records = _first_examples(file_pattern, _PROBE_EXAMPLES)
+    if not records:
+        return
+    loaded = tf.saved_model.load(model.path)
+    for name in [spec.signature_name or DEFAULT_SIGNATURE, *spec.preprocessing_function_names]:
+        signature = loaded.signatures.get(name)
+        if signature is None:
+            raise cli.JobError(
+                f"--{flag}={model.path} has no signature {name!r}, which the eval config names "
+                f"(it has {', '.join(sorted(loaded.signatures)) or 'none'})"
+            )
+        inputs = list(signature.structured_input_signature[1])
+        try:
+            signature(**{inputs[0]: tf.constant(records)})
+        except (tf.errors.OpError, IndexError, TypeError, ValueError) as error:
+            reason = _error_line(error) if isinstance(error, tf.errors.OpError) else str(error)
+            raise cli.JobError(
+                f"--{flag}={model.path} cannot read the examples in {file_pattern} through "
+                f"{name!r}: {reason}; evaluate it on examples of the data it was trained on"
+            ) from None
+
+
 def plan_evaluation(config: EvaluateConfig) -> EvaluatePlan:
     """Resolves examples, models and the eval config, failing early with one clear line.
 
@@ -494,8 +551,12 @@ def plan_evaluation(config: EvaluateConfig) -> EvaluatePlan:
         load_eval_config(config.eval_config), has_baseline=baseline is not None
     )
     model_names(eval_config)
+    file_pattern = FileSystems.join(config.examples_dir, config.split, EXAMPLES_PATTERN)
+    for spec in eval_config.model_specs:
+        model, flag = (baseline, flag) if spec.is_baseline else (candidate, "model_dir")
+        check_model_reads_examples(model, flag, file_pattern, spec)
     return EvaluatePlan(
-        file_pattern=FileSystems.join(config.examples_dir, config.split, EXAMPLES_PATTERN),
+        file_pattern=file_pattern,
         expected_examples=manifest.get("counts", {}).get("rows_written", {}).get(config.split),
         eval_config=eval_config,
         candidate=candidate,

@@ -27,7 +27,7 @@ import tensorflow as tf
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_jobs import artifacts, cli, privacy, records, shards
+from beam_jobs import artifacts, cli, feature_types, privacy, records, shards
 from beam_jobs.records import ColumnType, RawRow
 
 __all__ = [
@@ -62,6 +62,7 @@ ROWS_READ = "rows_read"
 SCRUBBED_PREFIX = "scrubbed_"
 ROWS_REJECTED = "rows_rejected"
 _COUNTS_FILE = ".counts.json"
+_TYPES_FILE = ".column_types.json"
 _SHARD_INPUT_BYTES = 256 << 20
 _ROWS_PER_BATCH = 1024
 _SPLIT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -478,7 +479,8 @@ class RawRowsToExamples(beam.PTransform):
     Reads the files twice: once to infer column types over the whole input (`schema_types` take
     precedence; a CSV whose every column they type is read once), once to convert the rows.
     Returns a dict of PCollections: `rows_read` (one
-    count: every row read, rejected ones included), `examples` ((sort key, serialized example)),
+    count: every row read, rejected ones included), `column_types` (one dict: the type each
+    column is encoded with), `examples` ((sort key, serialized example)),
     `rejected` ((sort key, JSON line)), where the sort key is (input file index, line), and
     `scrubbed` ((`scrubbed_<kind>`, replacements)) when a privacy policy drops or scrubs
     personal data.
@@ -540,8 +542,11 @@ class RawRowsToExamples(beam.PTransform):
             | "RowsPerBatch" >> beam.Map(_rows_in)
             | "CountRowsRead" >> beam.CombineGlobally(sum)
         )
+        schema_types = self._schema_types
+        column_types = inferred | "ColumnTypes" >> beam.Map(lambda types: {**types, **schema_types})
         return {
             "rows_read": rows_read,
+            "column_types": column_types,
             "examples": converted.examples,
             "rejected": converted[_TypeRows.REJECTED],
             "scrubbed": converted[_TypeRows.SCRUBBED],
@@ -620,6 +625,12 @@ def build_pipeline(pipeline: beam.Pipeline, plan: IngestPlan, staging_dir: str) 
     read_count = converted["rows_read"] | "KeyRowsRead" >> beam.Map(
         lambda count: (ROWS_READ, count)
     )
+    types_path = FileSystems.join(staging_dir, _TYPES_FILE)
+    _ = converted["column_types"] | "WriteColumnTypes" >> beam.Map(
+        lambda types: artifacts.write_json(
+            types_path, {name: ColumnType(kind).name for name, kind in types.items()}
+        )
+    )
     counts_path = FileSystems.join(staging_dir, _COUNTS_FILE)
     _ = (
         (read_count, written, rejected, converted["scrubbed"])
@@ -675,9 +686,9 @@ def run(config: IngestConfig, options: PipelineOptions) -> dict[str, Any]:
     with staged:
         with beam.Pipeline(options=options) as pipeline:
             build_pipeline(pipeline, plan, staged.staging_dir)
-        counts_path = staged.path(_COUNTS_FILE)
-        counts = artifacts.read_json(counts_path)
-        FileSystems.delete([counts_path])
+        counts_path, types_path = staged.path(_COUNTS_FILE), staged.path(_TYPES_FILE)
+        counts, column_types = artifacts.read_json(counts_path), artifacts.read_json(types_path)
+        FileSystems.delete([counts_path, types_path])
         _check_counts(counts, plan, config.output_dir)
         _complete_shards(staged.staging_dir, plan)
         rows_read, rejected = counts.get(ROWS_READ, 0), counts.get(REJECTED_DIR, 0)
@@ -709,6 +720,12 @@ def run(config: IngestConfig, options: PipelineOptions) -> dict[str, Any]:
                 "version": plan.version,
                 "splits": [split.name for split in plan.splits],
                 "presplit": plan.files[0].split is not None,
+                # Each feature's tf.Example type, for later stages to check against their schema.
+                feature_types.MANIFEST_KEY: {
+                    name: kind
+                    for name, kind in sorted(column_types.items())
+                    if name not in plan.policy.drop_columns
+                },
             },
         )
     logging.info(

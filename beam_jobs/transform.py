@@ -34,7 +34,7 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 from tensorflow_transform.tf_metadata import metadata_io
 from tfx_bsl.public import tfxio
 
-from beam_jobs import artifacts, cli, ingest, shards, user_code
+from beam_jobs import artifacts, cli, feature_types, ingest, shards, user_code
 
 __all__ = [
     "DEFAULT_PREPROCESSING_FN",
@@ -151,8 +151,18 @@ def plan_transform(config: TransformConfig) -> TransformPlan:
         )
         for split in available
     }
+    schema = load_schema(config.schema)
+    first_files = [
+        metadata.path for split in analyze for metadata in artifacts.list_files(patterns[split])[:1]
+    ]
+    feature_types.check_against_schema(
+        feature_types.recorded_or_sampled(manifest, first_files),
+        schema,
+        config.examples_dir,
+        config.schema,
+    )
     return TransformPlan(
-        schema=load_schema(config.schema),
+        schema=schema,
         preprocessing_fn=user_code.load_function(config.preprocessing_fn, flag=_FLAG),
         preprocessing_fn_name=config.preprocessing_fn,
         split_patterns={split: patterns[split] for split in sorted({*analyze, *transform})},
