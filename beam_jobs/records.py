@@ -177,8 +177,14 @@ def normalize_header(names: list[str], source: str) -> list[str]:
     """Normalizes every name of a header.
 
     Raises:
-        JobError: two names normalize to the same column.
+        JobError: a name is not UTF-8 text, or two names normalize to the same column.
     """
+    for index, name in enumerate(names):
+        if _has_undecodable([name]):
+            raise JobError(
+                f"{source}: header column {index + 1} ({_printable(name)!r}) is not UTF-8 text; "
+                "save the file as UTF-8"
+            )
     normalized = [normalize_column_name(name, index) for index, name in enumerate(names)]
     seen: set[str] = set()
     for column in normalized:
