@@ -343,7 +343,8 @@ class _MergeColumnTypes(beam.CombineFn):
         return accumulator
 
 
-def _read_csv_batches(path: str, compression: str) -> Iterator[records.TextBatch]:
+def _read_csv_batches(file: tuple[str, str]) -> Iterator[records.TextBatch]:
+    path, compression = file
     return records.read_csv_batches(path, compression=compression)
 
 
@@ -358,7 +359,7 @@ class ReadCsvBatches(beam.PTransform):
         return (
             pipeline
             | "ListFiles" >> beam.Create([(item.path, item.compression) for item in self._files])
-            | "ReadFiles" >> beam.FlatMapTuple(_read_csv_batches)
+            | "ReadFiles" >> beam.FlatMap(_read_csv_batches)
         )
 
 
@@ -379,7 +380,8 @@ def _rows_in(batch: list[RawRow] | records.TextBatch) -> int:
     return len(batch)
 
 
-def _read_rows(path: str, compression: str, input_format: str) -> Iterator[RawRow]:
+def _read_rows(file: tuple[str, str], input_format: str) -> Iterator[RawRow]:
+    path, compression = file
     return records.read_rows(path, input_format, compression)
 
 
@@ -395,7 +397,7 @@ class ReadRawRows(beam.PTransform):
         return (
             pipeline
             | "ListFiles" >> beam.Create([(item.path, item.compression) for item in self._files])
-            | "ReadFiles" >> beam.FlatMapTuple(_read_rows, self._format)
+            | "ReadFiles" >> beam.FlatMap(_read_rows, self._format)
         )
 
 
