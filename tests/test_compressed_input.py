@@ -605,7 +605,7 @@ def ingest_outcome(path: pathlib.Path, output_dir: pathlib.Path, own_process: bo
 def test_fuzzed_csv_through_ingest_never_a_traceback(tmp_path):
     rng = random.Random(FUZZ_SEED + 1)
     # Random rows (most rejected), and once a header ingest refuses.
-    cases = [fuzz_csv(rng, header_odds=0.7) for _ in range(3)] + [b"a,\xff\n" + fuzz_csv(rng)]
+    cases = [fuzz_csv(rng, header_odds=0.7) for _ in range(2)] + [b"a,\xff\n" + fuzz_csv(rng)]
     for case, data in enumerate(cases):
         plain = write(tmp_path / "in" / f"f{case}.csv", data)
         compressed = write(tmp_path / "in" / f"f{case}.csv", data, SUFFIXES[case])
