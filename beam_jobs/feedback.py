@@ -102,6 +102,7 @@ class FeedbackConfig:
     positive_value: str = demo_features.LABEL_POSITIVE_VALUE
     negative_value: str = DEFAULT_NEGATIVE_VALUE
     input_format: str | None = None
+    compression: str = records.AUTO
 
 
 @dataclasses.dataclass(frozen=True)
@@ -453,6 +454,8 @@ def plan_feedback(config: FeedbackConfig) -> FeedbackPlan:
     paths = [item.path for item in artifacts.list_files(config.feedback)]
     if not paths:
         raise cli.JobError(f"--feedback: no file matches {config.feedback}")
+    feedback_format = config.input_format or records.detect_format(paths)
+    records.check_compression(feedback_format, config.compression)
     splits = ingest.parse_splits(config.splits)
     reserved = [split.name for split in splits if split.name in _RESERVED_SPLITS]
     if reserved:
@@ -464,8 +467,11 @@ def plan_feedback(config: FeedbackConfig) -> FeedbackPlan:
     return FeedbackPlan(
         config=config,
         prediction_files=prediction_files,
-        feedback_files=tuple(ingest.InputFile(index, path) for index, path in enumerate(paths)),
-        feedback_format=config.input_format or records.detect_format(paths),
+        feedback_files=tuple(
+            ingest.InputFile(index, path, compression=config.compression)
+            for index, path in enumerate(paths)
+        ),
+        feedback_format=feedback_format,
         splits=splits,
     )
 
@@ -601,6 +607,7 @@ def run(config: FeedbackConfig, options: PipelineOptions) -> dict[str, Any]:
 )
 @click.option("--negative_value", default=DEFAULT_NEGATIVE_VALUE, help="Label text of a negative.")
 @ingest.input_format_option("Feedback")
+@ingest.compression_option
 def main(
     predictions: str,
     feedback_pattern: str,
@@ -611,6 +618,7 @@ def main(
     positive_value: str,
     negative_value: str,
     input_format: str | None,
+    compression: str,
     beam_args: tuple[str, ...],
 ) -> None:
     config = FeedbackConfig(
@@ -623,6 +631,7 @@ def main(
         positive_value=positive_value,
         negative_value=negative_value,
         input_format=input_format,
+        compression=compression,
     )
     run(config, cli.pipeline_options(beam_args))
 

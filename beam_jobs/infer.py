@@ -89,6 +89,7 @@ class InferConfig:
     input: str
     output_dir: str
     input_format: str | None = None
+    compression: str = records.AUTO
     id_column: str | None = None
     schema: str | None = None
     model_name: str | None = None
@@ -431,11 +432,13 @@ def plan_infer(config: InferConfig) -> InferPlan:
             input=config.input,
             output_dir=config.output_dir,
             input_format=config.input_format,
+            compression=config.compression,
             schema=config.schema,
         )
     )
     if config.id_column and input_plan.input_format == records.CSV:
-        header = records.read_csv_header(input_plan.files[0].path)
+        first = input_plan.files[0]
+        header = records.read_csv_header(first.path, first.compression)
         if config.id_column not in header:
             raise cli.JobError(
                 f"--id_column={config.id_column} is not a column of {input_plan.files[0].path} "
@@ -551,6 +554,7 @@ def run(config: InferConfig, options: PipelineOptions) -> dict[str, Any]:
     help="Directory to write predictions/, prediction_logs/, rejected/ and manifest.json.",
 )
 @ingest.input_format_option()
+@ingest.compression_option
 @click.option(
     "--id_column",
     default=None,
@@ -576,6 +580,7 @@ def main(
     input_pattern: str,
     output_dir: str,
     input_format: str | None,
+    compression: str,
     id_column: str | None,
     schema: str | None,
     model_name: str | None,
@@ -588,6 +593,7 @@ def main(
         input=input_pattern,
         output_dir=output_dir,
         input_format=input_format,
+        compression=compression,
         id_column=id_column,
         schema=schema,
         model_name=model_name,

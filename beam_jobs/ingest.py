@@ -40,6 +40,7 @@ __all__ = [
     "Split",
     "assign_split",
     "build_pipeline",
+    "compression_option",
     "fingerprint",
     "input_format_option",
     "input_patterns",
@@ -93,15 +94,18 @@ class IngestConfig:
     num_shards: int = 0
     drop_columns: str | None = None
     scrub: str | None = None
+    compression: str = records.AUTO
 
 
 @dataclasses.dataclass(frozen=True)
 class InputFile:
-    """One input file; `split` is set when the input came already split."""
+    """One input file; `split` is set when the input came already split. `compression` is one of
+    `records.COMPRESSIONS` (`auto`: by the file extension)."""
 
     index: int
     path: str
     split: str | None = None
+    compression: str = records.AUTO
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,19 +201,34 @@ def _resolve_span(
     return paths, chosen_span, chosen_version
 
 
+def _refuse_directory(pattern: str, paths: list[str], input_format: str | None) -> None:
+    """Fails in one line where `--input` names a directory (a glob matches files only).
+
+    Only local paths can be directories; object stores (gs://, s3://) list objects alone.
+    """
+    if any(not FileSystems.get_scheme(path) and os.path.isdir(path) for path in paths):
+        example = FileSystems.join(pattern.rstrip("/"), f"*.{input_format or records.CSV}")
+        raise cli.JobError(
+            f"--input={pattern} is a directory; pass a pattern of its files, such as {example}"
+        )
+
+
 def _check_csv_headers(
-    paths: list[str], partition_feature: str | None, policy: privacy.PrivacyPolicy
+    files: list[InputFile], partition_feature: str | None, policy: privacy.PrivacyPolicy
 ) -> None:
-    first = records.read_csv_header(paths[0])
+    paths = [item.path for item in files]
+    first = records.read_csv_header(paths[0], files[0].compression)
     for column in sorted(policy.drop_columns | set(policy.scrub)):
         if column not in first:
             raise cli.JobError(
                 f"--drop_columns/--scrub name {column!r}, which is not a column of {paths[0]} "
                 f"(columns: {', '.join(first)})"
             )
-    for path in paths[1:]:
-        if set(records.read_csv_header(path)) != set(first):
-            raise cli.JobError(f"{path} has other columns than {paths[0]}; ingest them separately")
+    for item in files[1:]:
+        if set(records.read_csv_header(item.path, item.compression)) != set(first):
+            raise cli.JobError(
+                f"{item.path} has other columns than {paths[0]}; ingest them separately"
+            )
     if partition_feature and partition_feature not in first:
         raise cli.JobError(
             f"--partition_feature={partition_feature} is not a column of {paths[0]} "
@@ -238,14 +257,19 @@ def plan_ingest(config: IngestConfig) -> IngestPlan:
         paths, span, version = _resolve_span(_absolute(pattern), config.span, config.version)
         if not paths:
             raise cli.JobError(f"--input: no file matches {pattern}")
+        _refuse_directory(pattern, paths, config.input_format)
         spans.add((span, version))
-        files.extend(InputFile(len(files) + i, path, split) for i, path in enumerate(paths))
+        files.extend(
+            InputFile(len(files) + i, path, split, config.compression)
+            for i, path in enumerate(paths)
+        )
     if len(spans) > 1:
         raise cli.JobError(
             f"--input: the splits resolve to different spans/versions {sorted(spans)}"
         )
     paths = [item.path for item in files]
     input_format = config.input_format or records.detect_format(paths)
+    records.check_compression(input_format, config.compression)
     policy = privacy.PrivacyPolicy(
         drop_columns=frozenset(cli.split_list(config.drop_columns)),
         scrub=privacy.parse_scrub(config.scrub),
@@ -253,7 +277,7 @@ def plan_ingest(config: IngestConfig) -> IngestPlan:
     if config.partition_feature and config.partition_feature in policy.drop_columns:
         raise click.UsageError("--partition_feature cannot be a column that --drop_columns drops")
     if input_format == records.CSV:
-        _check_csv_headers(paths, config.partition_feature, policy)
+        _check_csv_headers(files, config.partition_feature, policy)
     presplit = None not in patterns
     if presplit and (config.splits or config.partition_feature):
         raise click.UsageError("--splits and --partition_feature do not apply to pre-split --input")
@@ -330,6 +354,11 @@ class _MergeColumnTypes(beam.CombineFn):
         return accumulator
 
 
+def _read_csv_batches(file: tuple[str, str]) -> Iterator[records.TextBatch]:
+    path, compression = file
+    return records.read_csv_batches(path, compression=compression)
+
+
 class ReadCsvBatches(beam.PTransform):
     """CSV files → `TextBatch`es of consecutive rows, one file per element."""
 
@@ -340,8 +369,8 @@ class ReadCsvBatches(beam.PTransform):
     def expand(self, pipeline: beam.pvalue.PBegin) -> beam.PCollection:
         return (
             pipeline
-            | "ListFiles" >> beam.Create([item.path for item in self._files])
-            | "ReadFiles" >> beam.FlatMap(records.read_csv_batches)
+            | "ListFiles" >> beam.Create([(item.path, item.compression) for item in self._files])
+            | "ReadFiles" >> beam.FlatMap(_read_csv_batches)
         )
 
 
@@ -362,6 +391,11 @@ def _rows_in(batch: list[RawRow] | records.TextBatch) -> int:
     return len(batch)
 
 
+def _read_rows(file: tuple[str, str], input_format: str) -> Iterator[RawRow]:
+    path, compression = file
+    return records.read_rows(path, input_format, compression)
+
+
 class ReadRawRows(beam.PTransform):
     """Input files → `RawRow`s, one file per element (quoted CSV fields span lines)."""
 
@@ -373,8 +407,8 @@ class ReadRawRows(beam.PTransform):
     def expand(self, pipeline: beam.pvalue.PBegin) -> beam.PCollection:
         return (
             pipeline
-            | "ListFiles" >> beam.Create([item.path for item in self._files])
-            | "ReadFiles" >> beam.FlatMap(records.read_rows, self._format)
+            | "ListFiles" >> beam.Create([(item.path, item.compression) for item in self._files])
+            | "ReadFiles" >> beam.FlatMap(_read_rows, self._format)
         )
 
 
@@ -506,7 +540,9 @@ class RawRowsToExamples(beam.PTransform):
         """Whether `--schema` types every CSV column kept, so that no pass to infer types is due."""
         if self._format != records.CSV or not self._schema_types:
             return False
-        header = set(records.read_csv_header(self._files[0].path)) - self._policy.drop_columns
+        first = self._files[0]
+        header = set(records.read_csv_header(first.path, first.compression))
+        header -= self._policy.drop_columns
         return header <= self._schema_types.keys()
 
     def _read(self) -> beam.PTransform:
@@ -749,6 +785,15 @@ def input_format_option(what: str = "Input") -> Callable[[Callable[..., Any]], A
     )
 
 
+compression_option = click.option(
+    "--compression",
+    type=click.Choice(records.COMPRESSIONS),
+    default=records.AUTO,
+    help="Compression of CSV and JSON lines input; auto goes by the file extension "
+    "(.gz, .bz2, .deflate, .zst, .xz, .lzma).",
+)
+
+
 max_rejected_fraction_option = click.option(
     "--max_rejected_fraction",
     type=click.FloatRange(0.0, 1.0),
@@ -769,6 +814,7 @@ max_rejected_fraction_option = click.option(
     "--output_dir", required=True, help="Directory to write splits, rejected/ and manifest.json."
 )
 @input_format_option()
+@compression_option
 @click.option(
     "--splits",
     default=None,
@@ -808,6 +854,7 @@ def main(
     input_pattern: str,
     output_dir: str,
     input_format: str | None,
+    compression: str,
     splits: str | None,
     partition_feature: str | None,
     schema: str | None,
@@ -823,6 +870,7 @@ def main(
         input=input_pattern,
         output_dir=output_dir,
         input_format=input_format,
+        compression=compression,
         splits=splits,
         partition_feature=partition_feature,
         schema=schema,

@@ -11,6 +11,7 @@ feature, never an empty string or a zero.
 
 from __future__ import annotations
 
+import bz2
 import codecs
 import csv
 import dataclasses
@@ -20,16 +21,19 @@ import heapq
 import io
 import itertools
 import json
+import lzma
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pv
 import tensorflow as tf
+import zstandard
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from google.protobuf import text_format
@@ -40,10 +44,12 @@ from beam_jobs import artifacts
 from beam_jobs.cli import JobError
 
 __all__ = [
+    "COMPRESSIONS",
     "FORMATS",
     "ColumnType",
     "RawRow",
     "TextBatch",
+    "check_compression",
     "column_types_from_schema",
     "detect_format",
     "encode_example",
@@ -77,6 +83,21 @@ _INT_TEXT = re.compile(_INT_PATTERN)
 _FLOAT_TEXT = re.compile(_FLOAT_PATTERN)
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _PARQUET_BATCH_ROWS = 4096
+# `--compression` values: Beam's names. `auto` picks one by file extension as Beam does
+# (.gz, .bz2, .deflate, .zst, .zstd, .xz, .lzma); CSV and JSON lines are read through it.
+AUTO, UNCOMPRESSED = CompressionTypes.AUTO, CompressionTypes.UNCOMPRESSED
+_DECOMPRESSORS: dict[str, Callable[[], Any]] = {
+    CompressionTypes.GZIP: lambda: zlib.decompressobj(zlib.MAX_WBITS | 16),
+    CompressionTypes.BZIP2: bz2.BZ2Decompressor,
+    # zlib-wrapped deflate, as Beam writes and reads `.deflate` files.
+    CompressionTypes.DEFLATE: zlib.decompressobj,
+    CompressionTypes.ZSTD: lambda: zstandard.ZstdDecompressor().decompressobj(),
+    # Either container: `.xz`, or the legacy `.lzma`.
+    CompressionTypes.LZMA: lzma.LZMADecompressor,
+}
+COMPRESSIONS = (AUTO, UNCOMPRESSED, *_DECOMPRESSORS)
+_CORRUPT_DATA = (zlib.error, OSError, lzma.LZMAError, zstandard.ZstdError)
+_COMPRESSED_CHUNK_BYTES = 256 << 10
 # CSV is read in blocks of whole records this large, parsed by Arrow (or, for a block Arrow
 # cannot parse the way Python's csv module would, by that module).
 _CSV_BLOCK_BYTES = 4 << 20
@@ -156,8 +177,14 @@ def normalize_header(names: list[str], source: str) -> list[str]:
     """Normalizes every name of a header.
 
     Raises:
-        JobError: two names normalize to the same column.
+        JobError: a name is not UTF-8 text, or two names normalize to the same column.
     """
+    for index, name in enumerate(names):
+        if _has_undecodable([name]):
+            raise JobError(
+                f"{source}: header column {index + 1} ({_printable(name)!r}) is not UTF-8 text; "
+                "save the file as UTF-8"
+            )
     normalized = [normalize_column_name(name, index) for index, name in enumerate(names)]
     seen: set[str] = set()
     for column in normalized:
@@ -167,15 +194,22 @@ def normalize_header(names: list[str], source: str) -> list[str]:
     return normalized
 
 
+def _without_compression_suffix(path: str) -> str:
+    if CompressionTypes.detect_compression_type(path) == UNCOMPRESSED:
+        return path
+    return path.rsplit(".", 1)[0]
+
+
 def detect_format(paths: list[str]) -> str:
-    """The input format named by the files' extensions (a trailing `.gz` is ignored).
+    """The input format named by the files' extensions (a compression suffix, such as `.gz`,
+    `.bz2` or `.zst`, is looked through).
 
     Raises:
         JobError: the extensions are unknown or disagree.
     """
     formats = set()
     for path in paths:
-        stem = path[:-3] if path.endswith(".gz") else path
+        stem = _without_compression_suffix(path)
         extension = "." + stem.rsplit(".", 1)[-1].lower() if "." in stem else ""
         formats.add(_EXTENSIONS.get(extension))
     if len(formats) != 1 or None in formats:
@@ -184,6 +218,19 @@ def detect_format(paths: list[str]) -> str:
             f"pass --format={'|'.join(FORMATS)}"
         )
     return formats.pop()
+
+
+def check_compression(input_format: str, compression: str) -> None:
+    """Refuses a `--compression` other than `auto` for formats that compress inside the file.
+
+    Raises:
+        JobError: `compression` is set for Parquet, Avro or TFRecord input.
+    """
+    if compression != AUTO and input_format not in _TEXT_READERS:
+        raise JobError(
+            f"--compression={compression} applies to csv and jsonl input only; {input_format} "
+            "files carry their own compression (TFRecord is read as GZIP when named .gz)"
+        )
 
 
 def column_types_from_schema(schema_path: str) -> dict[str, ColumnType]:
@@ -207,25 +254,87 @@ def column_types_from_schema(schema_path: str) -> dict[str, ColumnType]:
     }
 
 
-def _open_text(path: str) -> io.TextIOWrapper:
+class _Decompressed(io.RawIOBase):
+    """The decompressed bytes of a compressed binary stream.
+
+    Reads every stream of a concatenation (as `cat a.gz b.gz` or parallel compressors make
+    them). Corrupt data raises ValueError, and data that ends before its end-of-stream marker
+    (a truncated file) EOFError, where Beam's reader would end quietly short of the rows.
+    """
+
+    def __init__(self, compressed: BinaryIO, compression: str) -> None:
+        super().__init__()
+        self._compressed = compressed
+        self._compression = compression
+        self._decompressor = _DECOMPRESSORS[compression]()
+        self._started = False  # Whether the current stream has had any input.
+        self._pending = memoryview(b"")
+        self._eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending and not self._eof:
+            self._pending = memoryview(self._decompress_more())
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
+
+    def _decompress_more(self) -> bytes:
+        data = b""
+        if self._decompressor.eof:  # The next stream of a concatenation, if any.
+            data = self._decompressor.unused_data
+            self._decompressor = _DECOMPRESSORS[self._compression]()
+            self._started = False
+        data = data or self._compressed.read(_COMPRESSED_CHUNK_BYTES)
+        if not data:
+            self._eof = True
+            if self._started and not self._decompressor.eof:
+                raise EOFError(f"{self._compression} data ends before its end: truncated file?")
+            return b""
+        self._started = True
+        try:
+            return self._decompressor.decompress(data)
+        except _CORRUPT_DATA as error:
+            raise ValueError(f"corrupt {self._compression} data: {error}") from None
+
+    def close(self) -> None:
+        if not self.closed:
+            self._compressed.close()
+        super().close()
+
+
+def _open_binary(path: str, compression: str) -> BinaryIO:
+    """A file's bytes, decompressed as `compression` says (`auto`: by its extension)."""
+    if compression == AUTO:
+        compression = CompressionTypes.detect_compression_type(path)
+    binary = FileSystems.open(path, compression_type=UNCOMPRESSED)
+    if compression == UNCOMPRESSED:
+        return binary
+    return io.BufferedReader(_Decompressed(binary, compression), buffer_size=1 << 20)
+
+
+def _open_text(path: str, compression: str) -> io.TextIOWrapper:
     # surrogateescape keeps undecodable bytes visible per row instead of failing the whole file.
-    binary = FileSystems.open(path, compression_type=CompressionTypes.AUTO)
+    binary = _open_binary(path, compression)
     return io.TextIOWrapper(binary, encoding="utf-8-sig", errors="surrogateescape", newline="")
 
 
-def read_csv_header(path: str) -> list[str]:
+def read_csv_header(path: str, compression: str = AUTO) -> list[str]:
     """The normalized header of a CSV file.
 
     Raises:
         JobError: the file is empty or its header cannot be read.
     """
-    with _open_text(path) as text:
-        try:
+    try:
+        with _open_text(path, compression) as text:
             header = next(csv.reader(text))
-        except StopIteration:
-            raise JobError(f"{path} is empty: a CSV input needs a header row") from None
-        except csv.Error as error:
-            raise JobError(f"{path}: cannot read the CSV header: {error}") from None
+    except StopIteration:
+        raise JobError(f"{path} is empty: a CSV input needs a header row") from None
+    except (OSError, ValueError, EOFError, csv.Error) as error:
+        raise JobError(f"{path}: cannot read the CSV header: {error}") from None
     return normalize_header(header, path)
 
 
@@ -428,23 +537,26 @@ class _CsvReader:
             yield batch
 
 
-def read_csv_batches(path: str, block_bytes: int = _CSV_BLOCK_BYTES) -> Iterator[TextBatch]:
+def read_csv_batches(
+    path: str, block_bytes: int = _CSV_BLOCK_BYTES, *, compression: str = AUTO
+) -> Iterator[TextBatch]:
     """Reads a CSV file (RFC 4180, with a header) as `TextBatch`es of about `block_bytes` each.
 
     Well-formed stretches are parsed by Arrow, any other by Python's csv module, row by row:
     the same values and lines for every good row, and a reason for every bad one. A file that
-    breaks off ends in one rejected row.
+    breaks off (or whose compressed data does) ends in one rejected row. `compression` is one of
+    `COMPRESSIONS`; `auto` goes by the file extension.
     """
     try:
-        with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as binary:
+        with _open_binary(path, compression) as binary:
             yield from _CsvReader(binary, path, block_bytes).batches()
     except (OSError, ValueError, EOFError, csv.Error) as error:
         rejected = (RawRow(path, 0, error=f"unreadable csv file: {error}"),)
         yield TextBatch(path, np.zeros(0, np.int64), {}, rejected)
 
 
-def _csv_rows(path: str) -> Iterator[RawRow]:
-    for batch in read_csv_batches(path):
+def _csv_rows(path: str, compression: str) -> Iterator[RawRow]:
+    for batch in read_csv_batches(path, compression=compression):
         yield from batch.raw_rows()
 
 
@@ -459,8 +571,8 @@ def _typed_values(record: Mapping[str, Any]) -> dict[str, Any]:
     return values
 
 
-def _jsonl_rows(path: str) -> Iterator[RawRow]:
-    with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as handle:
+def _jsonl_rows(path: str, compression: str) -> Iterator[RawRow]:
+    with _open_binary(path, compression) as handle:
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -520,19 +632,20 @@ def _tfrecord_rows(path: str) -> Iterator[RawRow]:
         yield RawRow(path, index, values=values)
 
 
-_READERS = {
-    CSV: _csv_rows,
-    JSONL: _jsonl_rows,
-    PARQUET: _parquet_rows,
-    AVRO: _avro_rows,
-    TFRECORD: _tfrecord_rows,
-}
+_TEXT_READERS = {CSV: _csv_rows, JSONL: _jsonl_rows}
+_BINARY_READERS = {PARQUET: _parquet_rows, AVRO: _avro_rows, TFRECORD: _tfrecord_rows}
 
 
-def read_rows(path: str, input_format: str) -> Iterator[RawRow]:
-    """Reads every row of one file. A file that breaks off mid-way ends in one rejected row."""
+def read_rows(path: str, input_format: str, compression: str = AUTO) -> Iterator[RawRow]:
+    """Reads every row of one file. A file that breaks off mid-way ends in one rejected row.
+
+    `compression` applies to CSV and JSON lines (see `check_compression`).
+    """
     try:
-        yield from _READERS[input_format](path)
+        if input_format in _TEXT_READERS:
+            yield from _TEXT_READERS[input_format](path, compression)
+        else:
+            yield from _BINARY_READERS[input_format](path)
     except (OSError, ValueError, EOFError) as error:
         yield RawRow(path, 0, error=f"unreadable {input_format} file: {error}")
 
