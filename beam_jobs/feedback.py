@@ -454,6 +454,7 @@ def plan_feedback(config: FeedbackConfig) -> FeedbackPlan:
     paths = [item.path for item in artifacts.list_files(config.feedback)]
     if not paths:
         raise cli.JobError(f"--feedback: no file matches {config.feedback}")
+    ingest.refuse_directory(config.feedback, paths, config.input_format, flag="feedback")
     feedback_format = config.input_format or records.detect_format(paths)
     records.check_compression(feedback_format, config.compression)
     splits = ingest.parse_splits(config.splits)

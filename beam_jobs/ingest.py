@@ -50,6 +50,7 @@ __all__ = [
     "parse_splits",
     "plan_ingest",
     "publish_if_too_many_rejected",
+    "refuse_directory",
     "rejected_line",
     "run",
 ]
@@ -201,15 +202,17 @@ def _resolve_span(
     return paths, chosen_span, chosen_version
 
 
-def _refuse_directory(pattern: str, paths: list[str], input_format: str | None) -> None:
-    """Fails in one line where `--input` names a directory (a glob matches files only).
+def refuse_directory(
+    pattern: str, paths: list[str], input_format: str | None, flag: str = "input"
+) -> None:
+    """Fails in one line where an input flag names a directory (a glob matches files only).
 
     Only local paths can be directories; object stores (gs://, s3://) list objects alone.
     """
     if any(not FileSystems.get_scheme(path) and os.path.isdir(path) for path in paths):
         example = FileSystems.join(pattern.rstrip("/"), f"*.{input_format or records.CSV}")
         raise cli.JobError(
-            f"--input={pattern} is a directory; pass a pattern of its files, such as {example}"
+            f"--{flag}={pattern} is a directory; pass a pattern of its files, such as {example}"
         )
 
 
@@ -257,7 +260,7 @@ def plan_ingest(config: IngestConfig) -> IngestPlan:
         paths, span, version = _resolve_span(_absolute(pattern), config.span, config.version)
         if not paths:
             raise cli.JobError(f"--input: no file matches {pattern}")
-        _refuse_directory(pattern, paths, config.input_format)
+        refuse_directory(pattern, paths, config.input_format)
         spans.add((span, version))
         files.extend(
             InputFile(len(files) + i, path, split, config.compression)

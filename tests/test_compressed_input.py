@@ -396,7 +396,8 @@ def test_python_m_ingest_of_a_truncated_file_fails_in_one_line(tmp_path):
     result = run_module("ingest", f"--input={truncated}", f"--output_dir={tmp_path / 'o'}")
     assert result.returncode == cli.EXIT_ERROR
     assert_one_error_line(result.stderr, "rows rejected")
-    rejected = (tmp_path / "o" / "rejected").glob("*.jsonl")
+    assert not (tmp_path / "o").exists()  # Failed: kept aside, not published.
+    rejected = (tmp_path / f"o{artifacts.FAILED_SUFFIX}" / "rejected").glob("*.jsonl")
     reasons = [json.loads(line)["reason"] for path in rejected for line in path.open()]
     assert "unreadable csv file: lzma data ends before its end: truncated file?" in reasons
 
@@ -490,6 +491,7 @@ def test_feedback_compression_flag_and_its_refusal(tmp_path):
     write_predictions(tmp_path / "predictions", 3)
     data = b'{"tracking_id": "id-1", "kind": "label", "value": "Yes"}\n'
     path = write(tmp_path / "feedback.jsonl", lzma.compress(data))
+    (tmp_path / "in").mkdir()
     args = [f"--predictions={tmp_path / 'predictions'}", f"--feedback={path}"]
     result = CliRunner().invoke(
         feedback.main, [*args, "--compression=lzma", f"--output_dir={tmp_path / 'o'}"]
@@ -502,6 +504,17 @@ def test_feedback_compression_flag_and_its_refusal(tmp_path):
     )
     assert result.exit_code == cli.EXIT_ERROR
     assert_one_error_line(result.stderr, "--compression=lzma applies to csv and jsonl")
+    result = CliRunner().invoke(
+        feedback.main,
+        [
+            *args[:1],
+            f"--feedback={path.parent / 'in'}",
+            "--format=csv",
+            f"--output_dir={tmp_path / 'o3'}",
+        ],
+    )
+    assert result.exit_code == cli.EXIT_ERROR
+    assert_one_error_line(result.stderr, f"--feedback={path.parent / 'in'} is a directory")
 
 
 FUZZ_PIECES = (
