@@ -48,6 +48,7 @@ __all__ = [
     "read_tfrecords",
     "serving_versions",
     "utc_now",
+    "write_bytes",
     "write_json",
     "write_tfrecords",
 ]
@@ -128,8 +129,13 @@ def read_json(path: str) -> Any:
 def write_json(path: str, value: Any) -> None:
     """Writes one JSON file through Beam's FileSystems (sorted keys, so reruns compare equal)."""
     data = json.dumps(value, indent=2, sort_keys=True, default=str).encode("utf-8") + b"\n"
+    write_bytes(path, data)
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Writes one file through Beam's FileSystems; locally beside it and renamed over it, so a
+    crash never leaves half a file."""
     if _is_local(path):
-        # Written aside and renamed over the old file: a crash never leaves half a manifest.
         directory, name = os.path.split(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
         temporary = os.path.join(directory, f".{name}.tmp-{uuid.uuid4().hex[:8]}")

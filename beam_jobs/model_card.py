@@ -22,12 +22,14 @@ import datetime
 import html
 import logging
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import click
 import tensorflow as tf
 import tensorflow_model_analysis as tfma
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
@@ -57,6 +59,10 @@ WORST_SLICES_SHOWN = 5
 DATE_FORMATS = ("%m/%d/%Y", "%Y-%m-%d")
 FAIRNESS_METRICS = {"false_positive_rate": "FPR", "false_negative_rate": "FNR"}
 _READ_BATCH = 4096
+# An existing --output is replaced only if its head shows it is a card this job wrote.
+_CARD_TITLE_TEXT = "Model card: "
+_CARD_TITLE = f"<title>{_CARD_TITLE_TEXT}"
+_CARD_HEAD_BYTES = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -535,17 +541,40 @@ def model_card_html(
     body.append("<h2>Known limitations</h2>")
     items = limitations(summaries, slices, sources, config)
     body.append("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in items) + "</ul>")
-    return reports.page(f"Model card: {sources.model_dir}", body)
+    return reports.page(f"{_CARD_TITLE_TEXT}{sources.model_dir}", body)
+
+
+def check_output(path: str) -> None:
+    """Refuses, before any work, an `--output` that is something other than an earlier card.
+
+    Raises:
+        cli.JobError: the path is a directory, lies under a file, or is a file no card run wrote.
+    """
+    if not FileSystems.get_scheme(path):
+        parent = os.path.dirname(os.path.abspath(path))
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if os.path.isdir(path) or not os.path.isdir(parent):
+            where = "is a directory" if os.path.isdir(path) else f"lies under the file {parent}"
+            raise cli.JobError(f"--output={path} {where}; name the HTML file to write")
+    if FileSystems.exists(path):
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            head = handle.read(_CARD_HEAD_BYTES).decode("utf-8", "replace")
+        if _CARD_TITLE not in head:
+            raise cli.JobError(
+                f"--output={path} exists and is not a model card; a job replaces only what it "
+                "wrote: choose another path"
+            )
 
 
 def run(config: ModelCardConfig) -> str:
     """Writes the model card of `config.model_dir` to `config.output`; returns the page."""
+    check_output(config.output)
     sources = resolve_sources(config)
     splits = (sources.ingest or {}).get("splits") or []
     summaries = data_summary(sources.ingest_dir, splits, config) if sources.ingest_dir else []
     page = model_card_html(sources, summaries, slice_metrics(sources.evaluation_dir), config)
-    with FileSystems.create(config.output) as handle:
-        handle.write(page.encode("utf-8"))
+    artifacts.write_bytes(config.output, page.encode("utf-8"))
     logging.info("model_card: wrote %s", config.output)
     return page
 

@@ -62,6 +62,15 @@ def test_card_of_a_pushed_model_lists_slices_data_and_limitations(pushed_2015, t
     assert worst.count("<tr>") == 1 + model_card.WORST_SLICES_SHOWN
     pixels = browser.screenshot(output, tmp_path)
     assert browser.dark_pixels(pixels) > 10_000, "the screenshot is (nearly) blank"
+    # A card replaces an earlier card, never another file, and a directory is no page to write.
+    assert _card(f"--model_dir={pushed_2015}", f"--output={output}")[0] == 0
+    notes = tmp_path / "notes.html"
+    notes.write_text("<html><title>My notes</title></html>")
+    for target, message in ((notes, "exists and is not a model card"), (tmp_path, "a directory")):
+        exit_code, log = _card(f"--model_dir={pushed_2015}", f"--output={target}")
+        assert exit_code == cli.EXIT_ERROR and message in log and "Traceback" not in log
+        assert len(log.strip().splitlines()) == 1, log
+    assert notes.read_text() == "<html><title>My notes</title></html>"
 
 
 def test_worst_slices_have_the_lowest_auc_among_slices_with_enough_examples(evaluated_2015):
