@@ -2,8 +2,10 @@
 
 A stage writes everything into a staging directory beside its output directory, writes
 `manifest.json` last, and only then moves the staging directory into place. `manifest.json` is the
-commit marker: a directory without one is incomplete, and `read_manifest` refuses it. All paths go
-through Beam's `FileSystems`, so `gs://` and `s3://` behave like local paths.
+commit marker: a directory without one is incomplete, and `read_manifest` refuses it. A stage owns
+only its own outputs (`check_output_dir`): it never writes into another stage's output, a folder of
+someone's files or one of its inputs. All paths go through Beam's `FileSystems`, so `gs://` and
+`s3://` behave like local paths.
 """
 
 from __future__ import annotations

@@ -501,7 +501,7 @@ def run(config: InferConfig, options: PipelineOptions) -> dict[str, Any]:
 
     Raises:
         cli.JobError: bad model or input, or more rejected rows than `max_rejected_fraction`
-            allows (then the output is moved into place without a manifest, for inspection).
+            allows (what was written is kept in `<output_dir>.failed/`, nothing is published).
     """
     staged = artifacts.StagedOutput(
         config.output_dir,

@@ -715,7 +715,7 @@ def run(config: IngestConfig, options: PipelineOptions) -> dict[str, Any]:
 
     Raises:
         cli.JobError: bad input, no rows, or more rejected rows than `max_rejected_fraction` allows
-            (then the output is moved into place without a manifest, for inspection).
+            (what was written is kept in `<output_dir>.failed/`, nothing is published).
     """
     staged = artifacts.StagedOutput(config.output_dir, STAGE, inputs=input_patterns(config))
     plan = plan_ingest(config)
