@@ -9,16 +9,24 @@ copied under a hidden temporary name (which Serving ignores) and renamed to its 
 step, so a server never sees half a model. Only a model whose evaluation says BLESSED, and whose
 evaluation was of this very model (same content fingerprint), is pushed. Not a Beam job: it only
 copies files, through Beam's FileSystems so `gs://` and `s3://` serving dirs work too.
+
+A local model must hold only plain files and folders: a symbolic link (or a fifo, socket or
+device) is refused before anything is copied, since following it would push content from outside
+the model. The version is claimed by the rename itself: a push that finds its version taken by a
+concurrent push takes the next one, and a push that fails leaves nothing in the serving dir.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import shutil
+import stat
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -30,6 +38,7 @@ __all__ = [
     "BLESSED_FILE",
     "BLESSING_JSON",
     "PROVENANCE_FILE",
+    "SAVED_MODEL_FILE",
     "PushConfig",
     "main",
     "push",
@@ -40,8 +49,15 @@ BLESSED_FILE = "BLESSED"
 NOT_BLESSED_FILE = "NOT_BLESSED"
 BLESSING_JSON = "blessing.json"
 PROVENANCE_FILE = "provenance.json"
+SAVED_MODEL_FILE = "saved_model.pb"
 ROLLED_BACK_DIR = ".rolled_back"
+STAGING_PREFIX = ".pushing-"
 _MAX_PROVENANCE_DEPTH = 8
+# Versions tried in a row before giving up, when concurrent pushes keep taking the next one.
+_MAX_VERSION_ATTEMPTS = 8
+# rename() errors that mean "that version exists already": try the next one.
+_TAKEN_ERRNOS = (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR)
+_COPY_CHUNK_BYTES = 8 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,11 +70,23 @@ class PushConfig:
     rollback: bool = False
 
 
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    """A file or folder of a model, by its path relative to the model directory."""
+
+    relative: str
+    is_dir: bool
+
+
+def _is_local(path: str) -> bool:
+    return FileSystems.get_scheme(path) is None
+
+
 def check_blessing(model_dir: str, evaluation_dir: str) -> dict[str, Any]:
     """The evaluation's blessing, if it blesses exactly this model.
 
     Raises:
-        cli.JobError: the evaluation is incomplete.
+        cli.JobError: the evaluation is incomplete, or not an evaluate stage's output.
         cli.NotBlessedError: the model is not blessed, or the evaluation was of another model.
     """
     artifacts.read_manifest(evaluation_dir, flag="evaluation_dir", stages=("evaluate",))
@@ -76,6 +104,153 @@ def check_blessing(model_dir: str, evaluation_dir: str) -> dict[str, Any]:
             "(content fingerprints differ); evaluate this model first"
         )
     return blessing
+
+
+def _entry_kind(mode: int) -> str:
+    """What a directory entry that is neither a plain file nor a plain folder is, in words."""
+    kinds = (
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISFIFO, "a fifo"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a device"),
+        (stat.S_ISBLK, "a device"),
+    )
+    return next((name for test, name in kinds if test(mode)), "not a plain file")
+
+
+def _walk_plain(root: str, relative: str = "") -> Iterator[_Entry]:
+    """The folders and files below a local directory, not following links, sorted by path.
+
+    Raises:
+        cli.JobError: an entry is a symbolic link or anything else but a plain file or folder.
+    """
+    with os.scandir(os.path.join(root, relative)) as scanned:
+        entries = sorted(scanned, key=lambda entry: entry.name)
+    for entry in entries:
+        path = os.path.join(relative, entry.name)
+        if entry.is_dir(follow_symlinks=False):
+            yield _Entry(path, is_dir=True)
+            yield from _walk_plain(root, path)
+        elif entry.is_file(follow_symlinks=False):
+            yield _Entry(path, is_dir=False)
+        else:
+            kind = _entry_kind(entry.stat(follow_symlinks=False).st_mode)
+            raise cli.JobError(
+                f"refusing to push {entry.path}: it is {kind}, and a model may hold only plain "
+                "files and folders; replace it by the file or folder it stands for"
+            )
+
+
+def _model_entries(model_dir: str) -> list[_Entry]:
+    """The files (and, locally, folders) of a SavedModel directory, checked before any copy.
+
+    Raises:
+        cli.JobError: it is not a SavedModel directory, or it holds a link or a special file.
+    """
+    if not FileSystems.exists(FileSystems.join(model_dir, SAVED_MODEL_FILE)):
+        raise cli.JobError(
+            f"--model_dir={model_dir} is not a SavedModel directory (no {SAVED_MODEL_FILE}); "
+            "give the export of model.train, <train output>/serving_model/<version>"
+        )
+    if _is_local(model_dir):
+        return list(_walk_plain(model_dir))
+    prefix = model_dir.rstrip("/") + "/"
+    return [
+        _Entry(metadata.path[len(prefix) :], is_dir=False)
+        for metadata in artifacts.list_files(prefix + "**")
+    ]
+
+
+def _refuse_serving_inside_model(model_dir: str, serving_dir: str) -> None:
+    """A serving dir inside the model would write the push into the model it copies."""
+    if not (_is_local(model_dir) and _is_local(serving_dir)):
+        return
+    model = os.path.realpath(model_dir)
+    serving = os.path.realpath(serving_dir)
+    if os.path.commonpath([model, serving]) == model:
+        raise cli.JobError(
+            f"--serving_dir={serving_dir} lies inside --model_dir={model_dir}; "
+            "give a serving dir outside the model"
+        )
+
+
+def _prepare_serving_dir(serving_dir: str) -> None:
+    """Creates a local serving dir if needed.
+
+    Raises:
+        cli.JobError: the path cannot be a directory (it is a file, or lies under one).
+    """
+    if not _is_local(serving_dir):
+        return
+    try:
+        os.makedirs(serving_dir, exist_ok=True)
+    except OSError as error:
+        raise cli.JobError(
+            f"--serving_dir={serving_dir} cannot be a directory ({error.strerror}: "
+            f"{error.filename}); give the path of a directory"
+        ) from None
+
+
+def _copy_regular_file(source: str, destination: str) -> None:
+    """Copies one file's bytes, refusing it if it became a link or a special file meanwhile."""
+    # O_NONBLOCK: opening a fifo must not wait for a writer; it is refused below.
+    descriptor = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(descriptor, "rb") as reader:
+        mode = os.fstat(reader.fileno()).st_mode
+        if not stat.S_ISREG(mode):
+            raise cli.JobError(f"refusing to push {source}: it is {_entry_kind(mode)}")
+        with open(destination, "xb") as writer:
+            shutil.copyfileobj(reader, writer, _COPY_CHUNK_BYTES)
+
+
+def _copy_files(source: str, destination: str, entries: list[_Entry]) -> None:
+    """Copies the listed entries of `source` to the new directory `destination`."""
+    if _is_local(source) and _is_local(destination):
+        os.mkdir(destination)
+        for entry in entries:
+            target = os.path.join(destination, entry.relative)
+            if entry.is_dir:
+                os.mkdir(target)
+            else:
+                _copy_regular_file(os.path.join(source, entry.relative), target)
+        return
+    files = [entry.relative for entry in entries if not entry.is_dir]
+    FileSystems.copy(
+        [FileSystems.join(source, path) for path in files],
+        [FileSystems.join(destination, path) for path in files],
+    )
+
+
+def _move_into_place(staging: str, destination: str) -> bool:
+    """Renames a finished copy to its version; False if that version exists already."""
+    if _is_local(destination):
+        try:
+            os.rename(staging, destination)
+        except OSError as error:
+            if error.errno in _TAKEN_ERRNOS:
+                return False
+            raise
+        return True
+    # Object stores have no rename of a folder, nor an atomic claim: move file by file,
+    # saved_model.pb last, since Serving loads nothing before that file exists.
+    if artifacts.list_files(FileSystems.join(destination, "**")):
+        return False
+    prefix = staging.rstrip("/") + "/"
+    files = sorted(
+        (metadata.path for metadata in artifacts.list_files(prefix + "**")),
+        key=lambda path: path.endswith("/" + SAVED_MODEL_FILE),
+    )
+    for path in files:
+        FileSystems.rename([path], [FileSystems.join(destination, path[len(prefix) :])])
+    return True
+
+
+def _newest_taken(serving_dir: str) -> int:
+    """The largest version name under a serving dir (any entry named by digits), or 0."""
+    if _is_local(serving_dir):
+        names = [name for name in os.listdir(serving_dir) if name.isdigit()]
+        return max((int(name) for name in names), default=0)
+    return max(artifacts.serving_versions(serving_dir), default=0)
 
 
 def _provenance(stage_dir: str, depth: int = 0) -> list[dict[str, Any]]:
@@ -97,58 +272,63 @@ def _training_dir(model_dir: str) -> str:
     return os.path.dirname(os.path.dirname(model_dir.rstrip("/")))
 
 
-def _copy_tree(source: str, destination: str) -> None:
-    if not FileSystems.get_scheme(destination) and not FileSystems.get_scheme(source):
-        shutil.copytree(source, destination)
-        return
-    prefix = source.rstrip("/") + "/"
-    files = [metadata.path for metadata in artifacts.list_files(prefix + "**")]
-    FileSystems.copy(files, [FileSystems.join(destination, path[len(prefix) :]) for path in files])
+def _claim_version(staging: str, serving_dir: str, provenance: dict[str, Any], first: int) -> int:
+    """Moves the staged copy to the first free version from `first` on and returns it.
 
+    The rename is the claim: of concurrent pushes that picked the same version, one wins and the
+    others try the next version, with the provenance rewritten to name it.
 
-def _move_into_place(staging: str, destination: str) -> None:
-    if not FileSystems.get_scheme(destination):
-        os.rename(staging, destination)
-        return
-    # Object stores have no rename of a folder: move file by file, saved_model.pb last, since
-    # Serving loads nothing before that file exists.
-    prefix = staging.rstrip("/") + "/"
-    files = sorted(
-        (metadata.path for metadata in artifacts.list_files(prefix + "**")),
-        key=lambda path: path.endswith("/saved_model.pb"),
+    Raises:
+        cli.JobError: concurrent pushes took every version tried.
+    """
+    version = first
+    for _ in range(_MAX_VERSION_ATTEMPTS):
+        artifacts.write_json(
+            FileSystems.join(staging, PROVENANCE_FILE), {**provenance, "version": version}
+        )
+        if _move_into_place(staging, FileSystems.join(serving_dir, str(version))):
+            return version
+        version = max(version, _newest_taken(serving_dir)) + 1
+    raise cli.JobError(
+        f"could not claim a version under {serving_dir}: concurrent pushes took "
+        f"{_MAX_VERSION_ATTEMPTS} versions in a row; nothing was pushed, push again"
     )
-    for path in files:
-        FileSystems.rename([path], [FileSystems.join(destination, path[len(prefix) :])])
 
 
-def push(config: PushConfig) -> int:
+def push(config: PushConfig, *, clock: Callable[[], float] = time.time) -> int:
     """Copies a blessed model to `<serving_dir>/<version>/` and returns the version.
 
-    The version is the current Unix time, or one more than the newest version if that is larger,
-    so a newer push always serves.
+    The version is the current Unix time (from `clock`), or one more than the newest version if
+    that is larger, so a newer push always serves.
+
+    Raises:
+        cli.JobError: the model, the evaluation or the serving dir cannot be pushed, or the copy
+            failed; nothing is left in the serving dir then.
+        cli.NotBlessedError: the evaluation does not bless this model.
     """
+    entries = _model_entries(config.model_dir)
+    _refuse_serving_inside_model(config.model_dir, config.serving_dir)
     blessing = check_blessing(config.model_dir, config.evaluation_dir)
-    versions = artifacts.serving_versions(config.serving_dir)
-    version = max([int(time.time())] + [v + 1 for v in versions])
-    staging = FileSystems.join(config.serving_dir, f".pushing-{version}-{uuid.uuid4().hex[:8]}")
-    if not FileSystems.get_scheme(staging):
-        os.makedirs(config.serving_dir, exist_ok=True)
+    _prepare_serving_dir(config.serving_dir)
+    first = max(int(clock()), _newest_taken(config.serving_dir) + 1)
+    staging = FileSystems.join(config.serving_dir, f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}")
     try:
-        _copy_tree(config.model_dir, staging)
+        _copy_files(config.model_dir, staging, entries)
         provenance = {
             "pushed_at": artifacts.utc_now(),
-            "version": version,
             "model_dir": config.model_dir,
             "blessing": blessing,
             "evaluation": _provenance(config.evaluation_dir),
             "training": _provenance(_training_dir(config.model_dir)),
         }
-        artifacts.write_json(FileSystems.join(staging, PROVENANCE_FILE), provenance)
-        _move_into_place(staging, FileSystems.join(config.serving_dir, str(version)))
+        return _claim_version(staging, config.serving_dir, provenance, first)
+    except OSError as error:
+        raise cli.JobError(
+            f"pushing {config.model_dir} to {config.serving_dir} failed ({error}); nothing was "
+            "pushed"
+        ) from None
     finally:
-        if FileSystems.exists(staging):
-            FileSystems.delete([staging])
-    return version
+        artifacts.delete_tree(staging)
 
 
 def rollback(serving_dir: str) -> tuple[int, int]:
@@ -170,7 +350,7 @@ def rollback(serving_dir: str) -> tuple[int, int]:
     aside = FileSystems.join(serving_dir, ROLLED_BACK_DIR, f"{newest}-{int(time.time())}")
     source = FileSystems.join(serving_dir, str(newest))
     if FileSystems.get_scheme(serving_dir):
-        _copy_tree(source, aside)
+        _copy_files(source, aside, _model_entries(source))
         FileSystems.delete([source])
     else:
         os.makedirs(os.path.dirname(aside), exist_ok=True)

@@ -7,6 +7,10 @@ A stage's run key is a fingerprint of its command line, of the content of every 
 name (a file's bytes, a stage directory's manifest, a folder's files) and of the project's own code.
 Contents, not timestamps: touching a file changes nothing, editing it reruns the stage. An upstream
 stage that reran writes a new manifest, so every stage downstream of it gets a new key and reruns.
+
+A stage is up to date only while its own output is still there as recorded: the manifest of its
+`--output_dir`, or, for a stage without one (push), the newest version under its `--serving_dir`
+at record time, with the same files. A deleted or replaced output reruns its stage.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ __all__ = ["RUN_KEY_FILE", "is_up_to_date", "main", "record", "run_key"]
 RUN_KEY_FILE = "run_key.json"
 _PACKAGES = ("beam_jobs", "model")
 _OWN_OUTPUT_FLAGS = ("--output_dir", "--serving_dir")
+_SAVED_MODEL_FILE = "saved_model.pb"
 
 
 def _code_fingerprint() -> str:
@@ -41,48 +46,110 @@ def _code_fingerprint() -> str:
     return digest.hexdigest()
 
 
-def _value_fingerprint(value: str) -> Any:
-    """What a flag's value names: a stage directory, a folder, files of a pattern, or nothing."""
-    for candidate in value.split(","):
-        _, _, path = candidate.rpartition("=")  # train=<pattern>,eval=<pattern>
-        if not path:
-            continue
-        if FileSystems.exists(FileSystems.join(path, artifacts.MANIFEST_FILE)):
-            return artifacts.input_fingerprint(path)
-        if FileSystems.get_scheme(path) is None and pathlib.Path(path).is_dir():
-            return {"path": path, "files_sha256": artifacts.directory_fingerprint(path)}
-        files = artifacts.list_files(path.replace("{SPAN}", "*").replace("{VERSION}", "*"))
-        if files:
-            return [artifacts.file_fingerprint(metadata.path)["sha256"] for metadata in files]
+def _path_fingerprint(path: str) -> Any:
+    """What one path or pattern names: a stage directory, a folder, files of a pattern, or None."""
+    if FileSystems.exists(FileSystems.join(path, artifacts.MANIFEST_FILE)):
+        return artifacts.input_fingerprint(path)
+    if FileSystems.get_scheme(path) is None and pathlib.Path(path).is_dir():
+        return {"path": path, "files_sha256": artifacts.directory_fingerprint(path)}
+    files = artifacts.list_files(path.replace("{SPAN}", "*").replace("{VERSION}", "*"))
+    if files:
+        return [artifacts.file_fingerprint(metadata.path)["sha256"] for metadata in files]
     return None
+
+
+def _value_fingerprint(value: str) -> list[Any]:
+    """What every part of a flag's value names: `train=<pattern>,eval=<pattern>` has two."""
+    paths = [candidate.rpartition("=")[2] for candidate in value.split(",")]
+    return [_path_fingerprint(path) for path in paths if path]
+
+
+def _flag_values(command: Sequence[str]) -> dict[str, str]:
+    """The `--flag=value` arguments of a command (the last one of a flag given twice)."""
+    values = {}
+    for argument in command:
+        flag, sep, value = argument.partition("=")
+        if sep and flag.startswith("--"):
+            values[flag] = value
+    return values
 
 
 def run_key(command: Sequence[str]) -> str:
     """The fingerprint of a stage command: its arguments and the content of what they name."""
-    inputs = {}
-    for argument in command:
-        flag, sep, value = argument.partition("=")
-        if sep and flag.startswith("--") and flag not in _OWN_OUTPUT_FLAGS:
-            inputs[flag] = _value_fingerprint(value)
+    inputs = {
+        flag: _value_fingerprint(value)
+        for flag, value in _flag_values(command).items()
+        if flag not in _OWN_OUTPUT_FLAGS
+    }
     payload = {"command": list(command), "inputs": inputs, "code": _code_fingerprint()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+def _manifest_sha256(output_dir: str) -> str | None:
+    manifest_path = FileSystems.join(output_dir, artifacts.MANIFEST_FILE)
+    if not FileSystems.exists(manifest_path):
+        return None
+    return artifacts.file_fingerprint(manifest_path)["sha256"]
+
+
+def _served_model_sha256(version_dir: str) -> str | None:
+    if not FileSystems.exists(FileSystems.join(version_dir, _SAVED_MODEL_FILE)):
+        return None
+    return artifacts.directory_fingerprint(version_dir)
+
+
+def _own_output(command: Sequence[str]) -> dict[str, Any] | None:
+    """The stage's output as it is now: its `--output_dir`'s manifest, or its newest served model.
+
+    None when the command names no output; a fingerprint of None when that output is missing.
+    """
+    values = _flag_values(command)
+    if "--output_dir" in values:
+        path = values["--output_dir"]
+        return {"path": path, "manifest_sha256": _manifest_sha256(path)}
+    if "--serving_dir" in values:
+        versions = artifacts.serving_versions(values["--serving_dir"])
+        if not versions:
+            return {"path": values["--serving_dir"], "files_sha256": None}
+        path = FileSystems.join(values["--serving_dir"], str(versions[-1]))
+        return {"path": path, "files_sha256": _served_model_sha256(path)}
+    return None
+
+
+def _output_intact(recorded: dict[str, Any] | None) -> bool:
+    """True if a recorded output still exists with the content it had when it was recorded."""
+    if recorded is None:
+        return True
+    if "manifest_sha256" in recorded:
+        current = _manifest_sha256(recorded["path"])
+        return current is not None and current == recorded["manifest_sha256"]
+    current = _served_model_sha256(recorded["path"])
+    return current is not None and current == recorded.get("files_sha256")
+
+
 def is_up_to_date(stage_dir: str, command: Sequence[str]) -> bool:
-    """True if `stage_dir` recorded a finished run of exactly this command on these inputs."""
+    """True if `stage_dir` recorded a run of this command on these inputs, its output unchanged."""
     key_path = FileSystems.join(stage_dir, RUN_KEY_FILE)
     if not FileSystems.exists(key_path):
         return False
-    return artifacts.read_json(key_path).get("run_key") == run_key(command)
+    recorded = artifacts.read_json(key_path)
+    if recorded.get("run_key") != run_key(command) or "output" not in recorded:
+        return False
+    return _output_intact(recorded["output"])
 
 
 def record(stage_dir: str, command: Sequence[str]) -> None:
-    """Records that `command` finished, writing its run key into `stage_dir`."""
+    """Records that `command` finished, writing its run key and its output into `stage_dir`."""
     if FileSystems.get_scheme(stage_dir) is None:
         pathlib.Path(stage_dir).mkdir(parents=True, exist_ok=True)
     artifacts.write_json(
         FileSystems.join(stage_dir, RUN_KEY_FILE),
-        {"run_key": run_key(command), "command": list(command), "recorded_at": artifacts.utc_now()},
+        {
+            "run_key": run_key(command),
+            "command": list(command),
+            "output": _own_output(command),
+            "recorded_at": artifacts.utc_now(),
+        },
     )
 
 

@@ -7,7 +7,8 @@
 #
 # With no --input it generates the demo's consumer-complaint data first. Stops at the first failing
 # stage with its exit code: 3 when validation finds anomalies, 4 when the model is not blessed.
-# --resume skips a stage that already ran on the same inputs, flags and code (content fingerprints).
+# --resume skips a stage that already ran on the same inputs, flags and code (content fingerprints)
+# and whose output is still there as it left it (a deleted serving dir is pushed again).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 

@@ -1,9 +1,10 @@
-"""scripts/run_pipeline.sh end to end: every stage, a pushed model, --resume by content."""
+"""scripts/run_pipeline.sh end to end: every stage, a pushed model, --resume by content, output."""
 
 from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -55,6 +56,12 @@ def test_pipeline_pushes_a_model_and_resumes_by_content(demo_input, tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert ran(again) == []
     assert again.stderr.count("up to date, skipped") == len(STAGES)
+
+    shutil.rmtree(root / "serving")  # push's output is gone: push alone reruns and serves again
+    served_again = run_pipeline(f"--input={demo_input}", f"--pipeline_root={root}", "--resume")
+    assert served_again.returncode == 0, served_again.stderr[-3000:]
+    assert ran(served_again) == ["push"]
+    assert len(artifacts.serving_versions(str(root / "serving"))) == 1
 
     os.utime(demo_input)  # a new timestamp, the same content: nothing to redo
     touched = run_pipeline(f"--input={demo_input}", f"--pipeline_root={root}", "--resume")
