@@ -90,7 +90,12 @@ def check_blessing(model_dir: str, evaluation_dir: str) -> dict[str, Any]:
         cli.NotBlessedError: the model is not blessed, or the evaluation was of another model.
     """
     artifacts.read_manifest(evaluation_dir, flag="evaluation_dir", stages=("evaluate",))
-    blessing = artifacts.read_json(FileSystems.join(evaluation_dir, BLESSING_JSON))
+    blessing_path = FileSystems.join(evaluation_dir, BLESSING_JSON)
+    if not FileSystems.exists(blessing_path):
+        raise cli.JobError(
+            f"--evaluation_dir={evaluation_dir} has no {BLESSING_JSON}; evaluate the model again"
+        )
+    blessing = artifacts.read_json(blessing_path)
     if not FileSystems.exists(FileSystems.join(evaluation_dir, BLESSED_FILE)):
         failed = [t.get("name", "?") for t in blessing.get("thresholds", []) if not t.get("passed")]
         raise cli.NotBlessedError(

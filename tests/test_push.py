@@ -497,3 +497,18 @@ def test_push_refuses_a_model_dir_that_is_not_a_saved_model(pushed, tmp_path, mo
     assert_one_error_line(result.stderr, "is not a SavedModel directory (no saved_model.pb)")
     assert snapshot(serving) == serving_before
     assert snapshot(model) == model_before
+
+
+def test_push_refuses_an_evaluation_without_its_blessing(pushed, tmp_path):
+    model, _, serving = pushed
+    serving_before = snapshot(serving)
+    with artifacts.StagedOutput(str(tmp_path / "evaluation"), "evaluate") as staged:
+        staged.publish(inputs={}, parameters={}, counts={})
+    result = run_push(
+        f"--model_dir={model}",
+        f"--evaluation_dir={tmp_path / 'evaluation'}",
+        f"--serving_dir={serving}",
+    )
+    assert result.exit_code == cli.EXIT_ERROR
+    assert_one_error_line(result.stderr, f"has no {push.BLESSING_JSON}")
+    assert snapshot(serving) == serving_before
