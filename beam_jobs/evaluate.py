@@ -21,9 +21,9 @@ the split. Exits 4 when not blessed, after publishing the output: a person reads
 from __future__ import annotations
 
 import dataclasses
-import importlib.resources
 import itertools
 import logging
+import pathlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -40,15 +40,12 @@ from tensorflow_model_analysis.slicer import slicer_lib
 from tensorflow_model_analysis.utils import config_util
 from tfx_bsl.public import tfxio
 
-from beam_jobs import artifacts, cli, evaluation_report, ingest, push
+from beam_jobs.lib import artifacts, cli, evaluation_report, layout
+from beam_jobs.lib.blessing import marker_file, write_blessing
 
 __all__ = [
-    "BLESSED_FILE",
-    "BLESSING_JSON",
     "DEFAULT_EVAL_CONFIG",
-    "NOT_BLESSED_FILE",
     "REPORT_FILE",
-    "TFMA_DIR",
     "EvaluateConfig",
     "EvaluateExamples",
     "EvaluatePlan",
@@ -69,20 +66,14 @@ __all__ = [
 
 STAGE = "evaluate"
 DEFAULT_SPLIT = "eval"
-DEFAULT_EVAL_CONFIG = str(importlib.resources.files("model").joinpath("eval_config.pbtxt"))
+# The demo model's config, as a file beside this package (model/ is installed next to beam_jobs/).
+DEFAULT_EVAL_CONFIG = str(
+    pathlib.Path(__file__).resolve().parents[1] / "model" / "eval_config.pbtxt"
+)
 # The files push reads, named once (in push, which reads them).
-BLESSED_FILE = push.BLESSED_FILE
-NOT_BLESSED_FILE = push.NOT_BLESSED_FILE
-BLESSING_JSON = push.BLESSING_JSON
 REPORT_FILE = "report.html"
-TFMA_DIR = "tfma"
-DEFAULT_SIGNATURE = "serving_default"
 # Examples scored in this process before the pipeline, to fail early on another data set's.
 _PROBE_EXAMPLES = 64
-EXAMPLES_PATTERN = f"{ingest.EXAMPLES_FILE_PREFIX}-*{ingest.EXAMPLES_FILE_SUFFIX}"
-EXAMPLES_EVALUATED = "examples_evaluated"
-SAVED_MODEL_FILE = "saved_model.pb"
-EXAMPLE_COUNT_METRIC = "example_count"
 _COUNTS_FILE = ".counts.json"
 _TELEMETRY = ["beam_jobs", STAGE]
 
@@ -350,7 +341,7 @@ def _unmatched_failures(
         checks.append(
             ThresholdCheck(
                 name=f"slice {spec_text} has examples",
-                metric=EXAMPLE_COUNT_METRIC,
+                metric=layout.EXAMPLE_COUNT_METRIC,
                 slice=spec_text,
                 kind="slice",
                 value=0.0,
@@ -424,7 +415,7 @@ class _CountRows(beam.DoFn):
 
     def __init__(self) -> None:
         super().__init__()
-        self._counter = beam.metrics.Metrics.counter(STAGE, EXAMPLES_EVALUATED)
+        self._counter = beam.metrics.Metrics.counter(STAGE, layout.EXAMPLES_EVALUATED)
 
     def process(self, batch: pa.RecordBatch) -> Iterator[int]:
         self._counter.inc(batch.num_rows)
@@ -459,18 +450,18 @@ def build_pipeline(pipeline: beam.Pipeline, plan: EvaluatePlan, staging_dir: str
         file_pattern=plan.file_pattern,
         eval_config=plan.eval_config,
         models=_shared_models(plan),
-        output_path=FileSystems.join(staging_dir, TFMA_DIR),
+        output_path=FileSystems.join(staging_dir, layout.TFMA_DIR),
     )
-    counts_key = EXAMPLES_EVALUATED  # A local: workers may not see this module's globals.
+    counts_key = layout.EXAMPLES_EVALUATED  # A local: workers may not see this module's globals.
     _ = rows | "WriteCounts" >> beam.Map(
         lambda found: artifacts.write_json(counts_path, {counts_key: found})
     )
 
 
 def _model_ref(path: str, flag: str) -> ModelRef:
-    if not FileSystems.exists(FileSystems.join(path, SAVED_MODEL_FILE)):
+    if not FileSystems.exists(FileSystems.join(path, layout.SAVED_MODEL_FILE)):
         raise cli.JobError(
-            f"--{flag}={path} is not a SavedModel (no {SAVED_MODEL_FILE}); give the "
+            f"--{flag}={path} is not a SavedModel (no {layout.SAVED_MODEL_FILE}); give the "
             "serving_model/<timestamp> directory the training wrote"
         )
     return ModelRef(path, artifacts.directory_fingerprint(path))
@@ -510,7 +501,10 @@ def check_model_reads_examples(
     if not records:
         return
     loaded = tf.saved_model.load(model.path)
-    for name in [spec.signature_name or DEFAULT_SIGNATURE, *spec.preprocessing_function_names]:
+    for name in [
+        spec.signature_name or layout.SERVING_SIGNATURE,
+        *spec.preprocessing_function_names,
+    ]:
         signature = loaded.signatures.get(name)
         if signature is None:
             raise cli.JobError(
@@ -551,7 +545,7 @@ def plan_evaluation(config: EvaluateConfig) -> EvaluatePlan:
         load_eval_config(config.eval_config), has_baseline=baseline is not None
     )
     model_names(eval_config)
-    file_pattern = FileSystems.join(config.examples_dir, config.split, EXAMPLES_PATTERN)
+    file_pattern = FileSystems.join(config.examples_dir, config.split, layout.EXAMPLES_PATTERN)
     for spec in eval_config.model_specs:
         model, flag = (baseline, flag) if spec.is_baseline else (candidate, "model_dir")
         check_model_reads_examples(model, flag, file_pattern, spec)
@@ -583,7 +577,7 @@ def _check_counts(
         for key, value in sliced.values.items():
             if (
                 not sliced.slice_key
-                and key.name == EXAMPLE_COUNT_METRIC
+                and key.name == layout.EXAMPLE_COUNT_METRIC
                 and key.model_name == candidate
                 and not key.is_diff
                 and int(value) != evaluated
@@ -616,7 +610,7 @@ def _write_outputs(
     staged: artifacts.StagedOutput, config: EvaluateConfig, plan: EvaluatePlan, evaluated: int
 ) -> dict[str, Any]:
     """Reads TFMA's results back, writes the blessing files and the report; the blessing."""
-    results_dir = staged.path(TFMA_DIR)
+    results_dir = staged.path(layout.TFMA_DIR)
     metrics = list(tfma.load_metrics(results_dir))
     _check_counts(config, plan, evaluated, metrics)
     validation = tfma.load_validation_result(results_dir)
@@ -628,8 +622,7 @@ def _write_outputs(
         baseline=plan.baseline,
         change_thresholds_skipped=plan.change_thresholds_skipped,
     )
-    _write_text(staged.path(BLESSED_FILE if blessing["blessed"] else NOT_BLESSED_FILE), "")
-    artifacts.write_json(staged.path(BLESSING_JSON), blessing)
+    write_blessing(staged.staging_dir, blessing)
     page = evaluation_report.evaluation_html(
         f"Evaluation of {config.model_dir}",
         _context_lines(config, plan, evaluated),
@@ -661,7 +654,7 @@ def summary_lines(blessing: dict[str, Any]) -> list[str]:
     ]
     if blessing["change_thresholds_skipped"]:
         lines.append("no baseline model: change thresholds skipped, value thresholds decided")
-    lines.append(BLESSED_FILE if blessing["blessed"] else NOT_BLESSED_FILE)
+    lines.append(marker_file(blessing["blessed"]))
     return lines
 
 
@@ -698,13 +691,13 @@ def run(config: EvaluateConfig, options: PipelineOptions) -> dict[str, Any]:
         with beam.Pipeline(options=options) as pipeline:
             build_pipeline(pipeline, plan, staged.staging_dir)
         counts_path = staged.path(_COUNTS_FILE)
-        evaluated = artifacts.read_json(counts_path)[EXAMPLES_EVALUATED]
+        evaluated = artifacts.read_json(counts_path)[layout.EXAMPLES_EVALUATED]
         FileSystems.delete([counts_path])
         blessing = _write_outputs(staged, config, plan, evaluated)
         manifest = staged.publish(
             inputs=_inputs(config, plan),
             parameters=dataclasses.asdict(config),
-            counts={EXAMPLES_EVALUATED: evaluated},
+            counts={layout.EXAMPLES_EVALUATED: evaluated},
             extra={
                 "blessed": blessing["blessed"],
                 "change_thresholds_skipped": plan.change_thresholds_skipped,

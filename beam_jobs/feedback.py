@@ -47,8 +47,9 @@ import click
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_jobs import artifacts, cli, infer, ingest, records, shards
-from model import features as demo_features
+from beam_jobs.lib import artifacts, cli, layout, records, shards, sources
+from beam_jobs.lib.example_json import example_from_json
+from beam_jobs.lib.splits import DEFAULT_SPLITS, Split, assign_split, parse_splits
 
 __all__ = [
     "DEFAULT_MIN_IMPLICIT_EVENTS",
@@ -74,17 +75,19 @@ KINDS = (LABEL, CORRECTION, WRONG, IMPLICIT)
 EXPLICIT_KINDS = (LABEL, CORRECTION)
 TRACKING_ID, KIND, VALUE, TIMESTAMP = "tracking_id", "kind", "value", "timestamp"
 DEFAULT_MIN_IMPLICIT_EVENTS = 3
+# The demo model's label column and its values (model/features.py); other data sets pass their own.
+DEFAULT_LABEL_COLUMN = "consumer_disputed"
+DEFAULT_POSITIVE_VALUE = "Yes"
 DEFAULT_NEGATIVE_VALUE = "No"
 DECISION_THRESHOLD = 0.5
 PROVENANCE_DIR = "provenance"
 UNMATCHED_DIR = "unmatched"
-_RESERVED_SPLITS = (PROVENANCE_DIR, UNMATCHED_DIR, ingest.REJECTED_DIR)
+_RESERVED_SPLITS = (PROVENANCE_DIR, UNMATCHED_DIR, layout.REJECTED_DIR)
 _TRUE_TEXT = ("1", "true", "yes")
 _FALSE_TEXT = ("0", "false", "no")
 _COUNTS_FILE = ".counts.json"
 _EPOCH = datetime.datetime.min.replace(tzinfo=datetime.UTC)
-_JSONL = ".jsonl"
-_EXAMPLES_FILE = (ingest.EXAMPLES_FILE_PREFIX, ingest.EXAMPLES_FILE_SUFFIX)
+_JSONL = layout.JSONL_SUFFIX
 _PREDICTIONS, _FEEDBACK, _TALLY = "predictions", "feedback", "tally"
 _MODEL_KEYS = ("model_name", "model_version", "model_fingerprint")
 
@@ -97,9 +100,9 @@ class FeedbackConfig:
     feedback: str
     output_dir: str
     min_implicit_events: int = DEFAULT_MIN_IMPLICIT_EVENTS
-    splits: str = ingest.DEFAULT_SPLITS
-    label_column: str = demo_features.LABEL_KEY
-    positive_value: str = demo_features.LABEL_POSITIVE_VALUE
+    splits: str = DEFAULT_SPLITS
+    label_column: str = DEFAULT_LABEL_COLUMN
+    positive_value: str = DEFAULT_POSITIVE_VALUE
     negative_value: str = DEFAULT_NEGATIVE_VALUE
     input_format: str | None = None
     compression: str = records.AUTO
@@ -222,7 +225,7 @@ def decide_label(
 
 def labelled_example(features: Mapping[str, list[Any]], label_column: str, label: bytes) -> bytes:
     """The serialized example the model saw, with `label_column` set to `label` (deterministic)."""
-    example = infer.example_from_json(features)
+    example = example_from_json(features)
     example.features.feature[label_column].bytes_list.value[:] = [label]
     return example.SerializeToString(deterministic=True)
 
@@ -230,7 +233,7 @@ def labelled_example(features: Mapping[str, list[Any]], label_column: str, label
 class _ParseEvents(beam.DoFn):
     """`RawRow` of feedback → (tracking id, Event), or (origin, rejected line) tagged rejected."""
 
-    def __init__(self, files: tuple[ingest.InputFile, ...], config: FeedbackConfig) -> None:
+    def __init__(self, files: tuple[sources.InputFile, ...], config: FeedbackConfig) -> None:
         self._index = {item.path: item.index for item in files}
         self._positive = config.positive_value
         self._negative = config.negative_value
@@ -242,8 +245,8 @@ class _ParseEvents(beam.DoFn):
                 raise ValueError(row.error)
             event = parse_event(row.values, self._positive, self._negative, origin)
         except ValueError as error:
-            line = ingest.rejected_line(row.file, row.line, str(error), row.raw or row.values)
-            yield beam.pvalue.TaggedOutput(ingest.REJECTED_DIR, (origin, line))
+            line = sources.rejected_line(row.file, row.line, str(error), row.raw or row.values)
+            yield beam.pvalue.TaggedOutput(layout.REJECTED_DIR, (origin, line))
             return
         yield event.tracking_id, event
 
@@ -263,9 +266,9 @@ class FeedbackPlan:
 
     config: FeedbackConfig
     prediction_files: tuple[str, ...]
-    feedback_files: tuple[ingest.InputFile, ...]
+    feedback_files: tuple[sources.InputFile, ...]
     feedback_format: str
-    splits: tuple[ingest.Split, ...]
+    splits: tuple[Split, ...]
 
 
 def _tally(name: str, count: int = 1) -> beam.pvalue.TaggedOutput:
@@ -292,7 +295,7 @@ class _JoinFeedback(beam.DoFn):
             }
             yield beam.pvalue.TaggedOutput(
                 directory,
-                ((directory, 0), (event.origin, ingest.rejected_line(file, line, reason, row))),
+                ((directory, 0), (event.origin, sources.rejected_line(file, line, reason, row))),
             )
 
     def process(self, joined: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[Any]:
@@ -306,7 +309,7 @@ class _JoinFeedback(beam.DoFn):
             return
         if len(distinct) > 1:
             reason = f"tracking_id names {len(distinct)} different predictions"
-            yield from self._aside(ingest.REJECTED_DIR, events, reason)
+            yield from self._aside(layout.REJECTED_DIR, events, reason)
             return
         (prediction,) = distinct.values()
         try:
@@ -314,7 +317,7 @@ class _JoinFeedback(beam.DoFn):
                 prediction["score"], events, self._plan.config.min_implicit_events
             )
         except ValueError as error:
-            yield from self._aside(ingest.REJECTED_DIR, events, str(error))
+            yield from self._aside(layout.REJECTED_DIR, events, str(error))
             return
         yield _tally("feedback_used", len(events))
         if decision is None:
@@ -328,7 +331,7 @@ class _JoinFeedback(beam.DoFn):
         config = self._plan.config
         label = self._values[decision.label]
         serialized = labelled_example(prediction["features"], config.label_column, label)
-        split = ingest.assign_split(serialized, self._plan.splits)
+        split = assign_split(serialized, self._plan.splits)
         yield (split, 0), (tracking, serialized)
         provenance = {
             "tracking_id": tracking,
@@ -360,23 +363,23 @@ class Relabel(beam.PTransform):
     def expand(self, inputs: dict[str, beam.PCollection]) -> dict[str, beam.PCollection]:
         events = inputs["feedback"] | "ParseEvents" >> beam.ParDo(
             _ParseEvents(self._plan.feedback_files, self._plan.config)
-        ).with_outputs(ingest.REJECTED_DIR, main="events")
+        ).with_outputs(layout.REJECTED_DIR, main="events")
         joined = (
             {_PREDICTIONS: inputs["predictions"], _FEEDBACK: events.events}
             | "JoinByTrackingId" >> beam.CoGroupByKey()
             | "ApplyRules"
             >> beam.ParDo(_JoinFeedback(self._plan)).with_outputs(
-                PROVENANCE_DIR, UNMATCHED_DIR, ingest.REJECTED_DIR, _TALLY, main="examples"
+                PROVENANCE_DIR, UNMATCHED_DIR, layout.REJECTED_DIR, _TALLY, main="examples"
             )
         )
-        rejected = events[ingest.REJECTED_DIR] | "KeyRejected" >> beam.Map(
-            lambda keyed: ((ingest.REJECTED_DIR, 0), keyed)
+        rejected = events[layout.REJECTED_DIR] | "KeyRejected" >> beam.Map(
+            lambda keyed: ((layout.REJECTED_DIR, 0), keyed)
         )
         return {
             "examples": joined.examples,
             "provenance": joined[PROVENANCE_DIR],
             "unmatched": joined[UNMATCHED_DIR],
-            "rejected": (rejected, joined[ingest.REJECTED_DIR])
+            "rejected": (rejected, joined[layout.REJECTED_DIR])
             | "FlattenRejected" >> beam.Flatten(),
             "tally": joined[_TALLY],
         }
@@ -392,7 +395,7 @@ def _count(pcoll: beam.PCollection, name: str) -> beam.PCollection:
 
 def build_pipeline(pipeline: beam.Pipeline, plan: FeedbackPlan, staging_dir: str) -> None:
     """Adds the feedback graph to `pipeline`: examples, asides and counts under `staging_dir`."""
-    rows = pipeline | "ReadFeedback" >> ingest.ReadRawRows(
+    rows = pipeline | "ReadFeedback" >> sources.ReadRawRows(
         plan.feedback_files, plan.feedback_format
     )
     predictions = (
@@ -405,13 +408,13 @@ def build_pipeline(pipeline: beam.Pipeline, plan: FeedbackPlan, staging_dir: str
         relabelled["examples"]
         | "WriteExamples"
         >> shards.WriteSortedShards(
-            staging_dir, lambda _: 1, _EXAMPLES_FILE, shards.write_tfrecord_shard
+            staging_dir, lambda _: 1, layout.EXAMPLES_FILE, shards.write_tfrecord_shard
         )
     ]
     for name, directory in (
         ("provenance", PROVENANCE_DIR),
         ("unmatched", UNMATCHED_DIR),
-        ("rejected", ingest.REJECTED_DIR),
+        ("rejected", layout.REJECTED_DIR),
     ):
         written.append(
             relabelled[name]
@@ -446,18 +449,18 @@ def plan_feedback(config: FeedbackConfig) -> FeedbackPlan:
     prediction_files = tuple(
         item.path
         for item in artifacts.list_files(
-            FileSystems.join(config.predictions, infer.PREDICTIONS_DIR, f"*{_JSONL}")
+            FileSystems.join(config.predictions, layout.PREDICTIONS_DIR, f"*{_JSONL}")
         )
     )
     if not prediction_files:
-        raise cli.JobError(f"--predictions={config.predictions} holds no {infer.PREDICTIONS_DIR}/")
+        raise cli.JobError(f"--predictions={config.predictions} holds no {layout.PREDICTIONS_DIR}/")
     paths = [item.path for item in artifacts.list_files(config.feedback)]
     if not paths:
         raise cli.JobError(f"--feedback: no file matches {config.feedback}")
-    ingest.refuse_directory(config.feedback, paths, config.input_format, flag="feedback")
+    sources.refuse_directory(config.feedback, paths, config.input_format, flag="feedback")
     feedback_format = config.input_format or records.detect_format(paths)
     records.check_compression(feedback_format, config.compression)
-    splits = ingest.parse_splits(config.splits)
+    splits = parse_splits(config.splits)
     reserved = [split.name for split in splits if split.name in _RESERVED_SPLITS]
     if reserved:
         raise click.BadParameter(f"{reserved[0]!r} is a reserved name", param_hint="--splits")
@@ -469,7 +472,7 @@ def plan_feedback(config: FeedbackConfig) -> FeedbackPlan:
         config=config,
         prediction_files=prediction_files,
         feedback_files=tuple(
-            ingest.InputFile(index, path, compression=config.compression)
+            sources.InputFile(index, path, compression=config.compression)
             for index, path in enumerate(paths)
         ),
         feedback_format=feedback_format,
@@ -482,11 +485,11 @@ def _complete_shards(staging_dir: str, plan: FeedbackPlan) -> None:
     for split in plan.splits:
         shards.fill_missing_shards(
             FileSystems.join(staging_dir, split.name),
-            (ingest.EXAMPLES_FILE_PREFIX, ingest.EXAMPLES_FILE_SUFFIX),
+            layout.EXAMPLES_FILE,
             1,
             shards.write_tfrecord_shard,
         )
-    for directory in (PROVENANCE_DIR, UNMATCHED_DIR, ingest.REJECTED_DIR):
+    for directory in (PROVENANCE_DIR, UNMATCHED_DIR, layout.REJECTED_DIR):
         shards.fill_missing_shards(
             FileSystems.join(staging_dir, directory),
             (directory, _JSONL),
@@ -507,7 +510,7 @@ def _manifest_counts(raw: Mapping[str, int], plan: FeedbackPlan) -> dict[str, An
         "feedback_rows_read": tally.get("feedback_read", 0),
         "feedback_rows_used": tally.get("feedback_used", 0),
         "feedback_rows_unmatched": raw.get(UNMATCHED_DIR, 0),
-        "feedback_rows_rejected": raw.get(ingest.REJECTED_DIR, 0),
+        "feedback_rows_rejected": raw.get(layout.REJECTED_DIR, 0),
         "predictions_read": tally.get("predictions_read", 0),
         "ids_labelled": raw.get(PROVENANCE_DIR, 0),
         "ids_without_label": tally.get("ids_without_label", 0),
@@ -599,16 +602,12 @@ def run(config: FeedbackConfig, options: PipelineOptions) -> dict[str, Any]:
     default=DEFAULT_MIN_IMPLICIT_EVENTS,
     help="Implicit events on one prediction that make a positive label.",
 )
-@click.option(
-    "--splits", default=ingest.DEFAULT_SPLITS, help="Split names and hash-bucket weights."
-)
-@click.option("--label_column", default=demo_features.LABEL_KEY, help="Column the label goes in.")
-@click.option(
-    "--positive_value", default=demo_features.LABEL_POSITIVE_VALUE, help="Label text of a positive."
-)
+@click.option("--splits", default=DEFAULT_SPLITS, help="Split names and hash-bucket weights.")
+@click.option("--label_column", default=DEFAULT_LABEL_COLUMN, help="Column the label goes in.")
+@click.option("--positive_value", default=DEFAULT_POSITIVE_VALUE, help="Label text of a positive.")
 @click.option("--negative_value", default=DEFAULT_NEGATIVE_VALUE, help="Label text of a negative.")
-@ingest.input_format_option("Feedback")
-@ingest.compression_option
+@sources.input_format_option("Feedback")
+@sources.compression_option
 def main(
     predictions: str,
     feedback_pattern: str,

@@ -5,7 +5,7 @@
         [--schema=schemas/consumer_complaints/schema.pbtxt]
 
 Records are read, typed and encoded as `tf.Example`s by ingest's own readers and conversion
-(`ingest.RawRowsToExamples`), without splitting: the model sees exactly what training data looked
+(`sources.RawRowsToExamples`), without splitting: the model sees exactly what training data looked
 like. Pass `--schema` (the schema the training data was ingested with) so that a column is typed as
 in training whatever this input holds: without it, types are inferred over this input alone, and a
 column like `zip_code`, text in the schema, may come out as integers the model cannot parse.
@@ -45,7 +45,9 @@ from tensorflow_serving.apis import prediction_log_pb2
 from tfx_bsl.public.beam.run_inference import CreateModelHandler
 from tfx_bsl.public.proto import model_spec_pb2
 
-from beam_jobs import artifacts, cli, ingest, records, shards
+from beam_jobs.lib import artifacts, cli, layout, records, shards, sources
+from beam_jobs.lib.example_json import example_to_json
+from beam_jobs.lib.splits import fingerprint
 
 __all__ = [
     "InferConfig",
@@ -53,8 +55,6 @@ __all__ = [
     "ModelInfo",
     "ScoreExamples",
     "build_pipeline",
-    "example_from_json",
-    "example_to_json",
     "main",
     "plan_infer",
     "prediction_record",
@@ -65,17 +65,11 @@ __all__ = [
 ]
 
 STAGE = "infer"
-SIGNATURE = "serving_default"
-OUTPUT_KEY = "outputs"
-PREDICTIONS_DIR = "predictions"
-PREDICTION_LOGS_DIR = "prediction_logs"
 ROWS_PREDICTED = "rows_predicted"
 DEFAULT_BATCH_SIZE = 256
-_SAVED_MODEL_FILE = "saved_model.pb"
-_COUNTS_FILE = ".counts.json"
 _MAX_REASON_CHARS = 300
-_PREDICTIONS_FILE = (PREDICTIONS_DIR, ".jsonl")
-_LOGS_FILE = (PREDICTION_LOGS_DIR, ".tfrecord.gz")
+_PREDICTIONS_FILE = (layout.PREDICTIONS_DIR, layout.JSONL_SUFFIX)
+_LOGS_FILE = (layout.PREDICTION_LOGS_DIR, layout.TFRECORD_GZ_SUFFIX)
 
 SortKey = tuple[int, int]
 Keyed = tuple[tuple[SortKey, str], bytes]
@@ -112,7 +106,7 @@ class InferPlan:
     """Everything resolved before the pipeline runs: model, files, format, types, shards."""
 
     model: ModelInfo
-    files: tuple[ingest.InputFile, ...]
+    files: tuple[sources.InputFile, ...]
     input_format: str
     schema_types: dict[str, records.ColumnType]
     num_shards: int
@@ -127,23 +121,23 @@ def _base_name(path: str) -> str:
 def _check_signature(model_path: str) -> None:
     """Checks the SavedModel has `serving_default`: one string input, an `outputs` output."""
     saved_model = saved_model_pb2.SavedModel()
-    path = FileSystems.join(model_path, _SAVED_MODEL_FILE)
+    path = FileSystems.join(model_path, layout.SAVED_MODEL_FILE)
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
         saved_model.ParseFromString(handle.read())
     signatures = saved_model.meta_graphs[0].signature_def if saved_model.meta_graphs else {}
-    signature = signatures.get(SIGNATURE)
+    signature = signatures.get(layout.SERVING_SIGNATURE)
     if signature is None:
-        raise cli.JobError(f"--model_dir: {model_path} has no {SIGNATURE} signature")
+        raise cli.JobError(f"--model_dir: {model_path} has no {layout.SERVING_SIGNATURE} signature")
     inputs = list(signature.inputs.values())
     if len(inputs) != 1 or inputs[0].dtype != tf.string.as_datatype_enum:
         raise cli.JobError(
-            f"--model_dir: {SIGNATURE} of {model_path} must take one string input (serialized "
-            f"tf.Examples), it takes {sorted(signature.inputs)}"
+            f"--model_dir: {layout.SERVING_SIGNATURE} of {model_path} must take one string input "
+            f"(serialized tf.Examples), it takes {sorted(signature.inputs)}"
         )
-    if OUTPUT_KEY not in signature.outputs:
+    if layout.OUTPUT_KEY not in signature.outputs:
         raise cli.JobError(
-            f"--model_dir: {SIGNATURE} of {model_path} returns {sorted(signature.outputs)}, "
-            f"not {OUTPUT_KEY!r}"
+            f"--model_dir: {layout.SERVING_SIGNATURE} of {model_path} returns "
+            f"{sorted(signature.outputs)}, not {layout.OUTPUT_KEY!r}"
         )
 
 
@@ -158,14 +152,14 @@ def resolve_model(model_dir: str, model_name: str | None = None) -> ModelInfo:
         cli.JobError: neither a SavedModel nor a serving dir, or no usable `serving_default`.
     """
     model_dir = model_dir.rstrip("/")
-    if FileSystems.exists(FileSystems.join(model_dir, _SAVED_MODEL_FILE)):
+    if FileSystems.exists(FileSystems.join(model_dir, layout.SAVED_MODEL_FILE)):
         path = model_dir
     else:
         versions = artifacts.serving_versions(model_dir)
         if not versions:
             raise cli.JobError(
-                f"--model_dir={model_dir} is neither a SavedModel (no {_SAVED_MODEL_FILE}) nor a "
-                "serving dir with integer versions; pass an export of model.train or push"
+                f"--model_dir={model_dir} is neither a SavedModel (no {layout.SAVED_MODEL_FILE}) "
+                "nor a serving dir with integer versions; pass an export of model.train or push"
             )
         path = FileSystems.join(model_dir, str(versions[-1]))
     _check_signature(path)
@@ -178,45 +172,6 @@ def resolve_model(model_dir: str, model_name: str | None = None) -> ModelInfo:
         version=version,
         fingerprint=artifacts.directory_fingerprint(path),
     )
-
-
-def example_to_json(example: tf.train.Example) -> dict[str, list[Any]]:
-    """A `tf.Example`'s features as JSON values: text for bytes, numbers for numbers.
-
-    Bytes that are not UTF-8 survive as surrogate escapes; `example_from_json` restores them.
-    """
-    features = {}
-    for name in sorted(example.features.feature):
-        feature = example.features.feature[name]
-        kind = feature.WhichOneof("kind")
-        if kind == "bytes_list":
-            features[name] = [
-                v.decode("utf-8", "surrogateescape") for v in feature.bytes_list.value
-            ]
-        elif kind is not None:
-            features[name] = list(getattr(feature, kind).value)
-    return features
-
-
-def example_from_json(features: Mapping[str, list[Any]]) -> tf.train.Example:
-    """The `tf.Example` of `example_to_json`: text → bytes, all-int → int64, else float.
-
-    Raises:
-        ValueError: a feature is not a list of text or numbers.
-    """
-    example = tf.train.Example()
-    for name, values in features.items():
-        feature = example.features.feature[name]
-        if all(isinstance(value, str) for value in values):
-            encoded = [value.encode("utf-8", "surrogateescape") for value in values]
-            feature.bytes_list.value.extend(encoded)
-        elif all(isinstance(value, int) and not isinstance(value, bool) for value in values):
-            feature.int64_list.value.extend(values)
-        elif all(isinstance(value, (int, float)) for value in values):
-            feature.float_list.value.extend(values)
-        else:
-            raise ValueError(f"feature {name!r}: {values!r} is not a list of text or numbers")
-    return example
 
 
 def tracking_id(example: tf.train.Example, serialized: bytes, id_column: str | None) -> str:
@@ -238,7 +193,9 @@ def tracking_id(example: tf.train.Example, serialized: bytes, id_column: str | N
 
 def score_of(log: prediction_log_pb2.PredictionLog) -> float | list[float]:
     """The model's `outputs` for one record: a float, or a list for several outputs."""
-    values = np.asarray(tf.make_ndarray(log.predict_log.response.outputs[OUTPUT_KEY])).ravel()
+    values = np.asarray(
+        tf.make_ndarray(log.predict_log.response.outputs[layout.OUTPUT_KEY])
+    ).ravel()
     return float(values[0]) if values.size == 1 else [float(value) for value in values]
 
 
@@ -261,10 +218,10 @@ def prediction_record(
 class _AssignTrackingId(beam.DoFn):
     """(sort key, serialized) → ((sort key, tracking id), serialized), or a rejected line."""
 
-    def __init__(self, files: tuple[ingest.InputFile, ...], id_column: str | None) -> None:
+    def __init__(self, files: tuple[sources.InputFile, ...], id_column: str | None) -> None:
         self._paths = {item.index: item.path for item in files}
         self._id_column = id_column
-        self._rejected = beam.metrics.Metrics.counter(STAGE, ingest.ROWS_REJECTED)
+        self._rejected = beam.metrics.Metrics.counter(STAGE, layout.ROWS_REJECTED)
 
     def process(self, keyed: tuple[SortKey, bytes]) -> Iterator[Any]:
         sort_key, serialized = keyed
@@ -273,10 +230,13 @@ class _AssignTrackingId(beam.DoFn):
             tracking = tracking_id(example, serialized, self._id_column)
         except ValueError as error:
             self._rejected.inc()
-            line = ingest.rejected_line(
-                self._paths[sort_key[0]], sort_key[1], str(error), example_to_json(example)
+            line = sources.rejected_line(
+                self._paths[sort_key[0]],
+                sort_key[1],
+                str(error),
+                example_to_json(example),
             )
-            yield beam.pvalue.TaggedOutput(ingest.REJECTED_DIR, (sort_key, line))
+            yield beam.pvalue.TaggedOutput(layout.REJECTED_DIR, (sort_key, line))
             return
         yield (sort_key, tracking), serialized
 
@@ -306,7 +266,7 @@ def _failed_lines(
     reason = _error_reason(error)
     for (sort_key, _), serialized in batch:
         features = example_to_json(tf.train.Example.FromString(serialized))
-        yield sort_key, ingest.rejected_line(paths[sort_key[0]], sort_key[1], reason, features)
+        yield sort_key, sources.rejected_line(paths[sort_key[0]], sort_key[1], reason, features)
 
 
 class ScoreExamples(beam.PTransform):
@@ -326,7 +286,7 @@ class ScoreExamples(beam.PTransform):
     def _handler(self, batch_size: int) -> inference.ModelHandler:
         spec = model_spec_pb2.InferenceSpecType(
             saved_model_spec=model_spec_pb2.SavedModelSpec(
-                model_path=self._model.path, signature_name=[SIGNATURE]
+                model_path=self._model.path, signature_name=[layout.SERVING_SIGNATURE]
             ),
             batch_parameters=model_spec_pb2.BatchParameters(
                 min_batch_size=1, max_batch_size=batch_size
@@ -364,48 +324,51 @@ class _FormatPrediction(beam.DoFn):
     def process(self, scored: tuple[tuple[SortKey, str], Any]) -> Iterator[Any]:
         (sort_key, tracking), log = scored
         self._predicted.inc()
-        shard = ingest.fingerprint(tracking.encode("utf-8")) % self._num_shards
+        shard = fingerprint(tracking.encode("utf-8")) % self._num_shards
         record = prediction_record(tracking, self._model, log)
         line = json.dumps(record, sort_keys=True)
-        yield (PREDICTIONS_DIR, shard), (sort_key, line)
+        yield (layout.PREDICTIONS_DIR, shard), (sort_key, line)
         yield beam.pvalue.TaggedOutput(
-            PREDICTION_LOGS_DIR,
-            ((PREDICTION_LOGS_DIR, shard), (sort_key, log.SerializeToString(deterministic=True))),
+            layout.PREDICTION_LOGS_DIR,
+            (
+                (layout.PREDICTION_LOGS_DIR, shard),
+                (sort_key, log.SerializeToString(deterministic=True)),
+            ),
         )
 
 
 def build_pipeline(pipeline: beam.Pipeline, plan: InferPlan, staging_dir: str) -> None:
     """Adds the infer graph to `pipeline`: predictions, logs, rejects, counts in `staging_dir`."""
     paths = {item.index: item.path for item in plan.files}
-    converted = pipeline | "ReadExamples" >> ingest.RawRowsToExamples(
+    converted = pipeline | "ReadExamples" >> sources.RawRowsToExamples(
         plan.files, plan.input_format, plan.schema_types, stage=STAGE
     )
-    identified = converted["examples"] | "AssignTrackingIds" >> beam.ParDo(
+    identified = converted.examples | "AssignTrackingIds" >> beam.ParDo(
         _AssignTrackingId(plan.files, plan.id_column)
-    ).with_outputs(ingest.REJECTED_DIR, main="keyed")
+    ).with_outputs(layout.REJECTED_DIR, main="keyed")
     scored = identified.keyed | "Score" >> ScoreExamples(plan.model, plan.batch_size, paths)
     formatted = scored["predictions"] | "FormatPredictions" >> beam.ParDo(
         _FormatPrediction(plan.model, plan.num_shards)
-    ).with_outputs(PREDICTION_LOGS_DIR, main=PREDICTIONS_DIR)
-    written = formatted[PREDICTIONS_DIR] | "WritePredictions" >> shards.WriteSortedShards(
+    ).with_outputs(layout.PREDICTION_LOGS_DIR, main=layout.PREDICTIONS_DIR)
+    written = formatted[layout.PREDICTIONS_DIR] | "WritePredictions" >> shards.WriteSortedShards(
         staging_dir, lambda _: plan.num_shards, _PREDICTIONS_FILE, shards.write_jsonl_shard
     )
-    logs_written = formatted[PREDICTION_LOGS_DIR] | "WriteLogs" >> shards.WriteSortedShards(
+    logs_written = formatted[layout.PREDICTION_LOGS_DIR] | "WriteLogs" >> shards.WriteSortedShards(
         staging_dir, lambda _: plan.num_shards, _LOGS_FILE, shards.write_tfrecord_shard
     )
     rejected = (
-        (converted["rejected"], identified[ingest.REJECTED_DIR], scored["rejected"])
+        (converted.rejected, identified[layout.REJECTED_DIR], scored["rejected"])
         | "FlattenRejected" >> beam.Flatten()
-        | "KeyRejected" >> beam.Map(lambda keyed: ((ingest.REJECTED_DIR, 0), keyed))
+        | "KeyRejected" >> beam.Map(lambda keyed: ((layout.REJECTED_DIR, 0), keyed))
         | "WriteRejected"
         >> shards.WriteSortedShards(
-            staging_dir, lambda _: 1, (ingest.REJECTED_DIR, ".jsonl"), shards.write_jsonl_shard
+            staging_dir, lambda _: 1, layout.REJECTED_FILE, shards.write_jsonl_shard
         )
     )
-    read_count = converted["rows_read"] | "KeyRowsRead" >> beam.Map(
-        lambda count: (ingest.ROWS_READ, count)
+    read_count = converted.rows_read | "KeyRowsRead" >> beam.Map(
+        lambda count: (layout.ROWS_READ, count)
     )
-    counts_path = FileSystems.join(staging_dir, _COUNTS_FILE)
+    counts_path = FileSystems.join(staging_dir, layout.COUNTS_FILE)
     _ = (
         (read_count, written, logs_written, rejected)
         | "FlattenCounts" >> beam.Flatten()
@@ -427,15 +390,12 @@ def plan_infer(config: InferConfig) -> InferPlan:
             "infer: no --schema, so column types are inferred from this input alone; pass the "
             "schema the training data was ingested with so every column is typed as in training"
         )
-    input_plan = ingest.plan_ingest(
-        ingest.IngestConfig(
-            input=config.input,
-            output_dir=config.output_dir,
-            input_format=config.input_format,
-            compression=config.compression,
-            schema=config.schema,
+    input_plan = sources.plan_source(
+        sources.SourceConfig(
+            input=config.input, input_format=config.input_format, compression=config.compression
         )
     )
+    schema_types = records.column_types_from_schema(config.schema) if config.schema else {}
     if config.id_column and input_plan.input_format == records.CSV:
         first = input_plan.files[0]
         header = records.read_csv_header(first.path, first.compression)
@@ -448,7 +408,7 @@ def plan_infer(config: InferConfig) -> InferPlan:
         model=model,
         files=input_plan.files,
         input_format=input_plan.input_format,
-        schema_types=input_plan.schema_types,
+        schema_types=schema_types,
         num_shards=input_plan.num_shards,
         id_column=config.id_column,
         batch_size=config.batch_size,
@@ -460,9 +420,9 @@ def _complete_shards(staging_dir: str, num_shards: int) -> None:
     for file_name, write in (
         (_PREDICTIONS_FILE, shards.write_jsonl_shard),
         (_LOGS_FILE, shards.write_tfrecord_shard),
-        ((ingest.REJECTED_DIR, ".jsonl"), shards.write_jsonl_shard),
+        (layout.REJECTED_FILE, shards.write_jsonl_shard),
     ):
-        count = 1 if file_name[0] == ingest.REJECTED_DIR else num_shards
+        count = 1 if file_name[0] == layout.REJECTED_DIR else num_shards
         directory = FileSystems.join(staging_dir, file_name[0])
         shards.fill_missing_shards(directory, file_name, count, write)
 
@@ -473,18 +433,18 @@ def _read_counts(staged: artifacts.StagedOutput, config: InferConfig) -> dict[st
     Raises:
         cli.JobError: the counts do not add up, or there was no row.
     """
-    counts_path = staged.path(_COUNTS_FILE)
+    counts_path = staged.path(layout.COUNTS_FILE)
     raw = artifacts.read_json(counts_path)
     FileSystems.delete([counts_path])
     counts = {
-        ingest.ROWS_READ: raw.get(ingest.ROWS_READ, 0),
-        ROWS_PREDICTED: raw.get(PREDICTIONS_DIR, 0),
-        ingest.ROWS_REJECTED: raw.get(ingest.REJECTED_DIR, 0),
+        layout.ROWS_READ: raw.get(layout.ROWS_READ, 0),
+        ROWS_PREDICTED: raw.get(layout.PREDICTIONS_DIR, 0),
+        layout.ROWS_REJECTED: raw.get(layout.REJECTED_DIR, 0),
     }
-    read, predicted = counts[ingest.ROWS_READ], counts[ROWS_PREDICTED]
-    if read != predicted + counts[ingest.ROWS_REJECTED] or raw.get(PREDICTION_LOGS_DIR, 0) != (
-        predicted
-    ):
+    read, predicted = counts[layout.ROWS_READ], counts[ROWS_PREDICTED]
+    if read != predicted + counts[layout.ROWS_REJECTED] or raw.get(
+        layout.PREDICTION_LOGS_DIR, 0
+    ) != (predicted):
         raise cli.JobError(
             f"counts do not add up: {raw}; nothing was published to {config.output_dir}"
         )
@@ -522,8 +482,8 @@ def run(config: InferConfig, options: PipelineOptions) -> dict[str, Any]:
             build_pipeline(pipeline, plan, staged.staging_dir)
         counts = _read_counts(staged, config)
         _complete_shards(staged.staging_dir, plan.num_shards)
-        read, rejected = counts[ingest.ROWS_READ], counts[ingest.ROWS_REJECTED]
-        ingest.publish_if_too_many_rejected(staged, read, rejected, config.max_rejected_fraction)
+        read, rejected = counts[layout.ROWS_READ], counts[layout.ROWS_REJECTED]
+        sources.publish_if_too_many_rejected(staged, read, rejected, config.max_rejected_fraction)
         manifest = staged.publish(
             inputs={
                 "raw": [artifacts.file_fingerprint(item.path) for item in plan.files],
@@ -553,8 +513,8 @@ def run(config: InferConfig, options: PipelineOptions) -> dict[str, Any]:
     required=True,
     help="Directory to write predictions/, prediction_logs/, rejected/ and manifest.json.",
 )
-@ingest.input_format_option()
-@ingest.compression_option
+@sources.input_format_option()
+@sources.compression_option
 @click.option(
     "--id_column",
     default=None,
@@ -574,7 +534,7 @@ def run(config: InferConfig, options: PipelineOptions) -> dict[str, Any]:
     default=DEFAULT_BATCH_SIZE,
     help="Most records per model call.",
 )
-@ingest.max_rejected_fraction_option
+@sources.max_rejected_fraction_option
 def main(
     model_dir: str,
     input_pattern: str,

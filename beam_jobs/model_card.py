@@ -35,8 +35,9 @@ from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 from tensorflow_model_analysis.writers import eval_config_writer
 
-from beam_jobs import artifacts, cli, evaluate, evaluation_report, push, reports
-from model import features as demo_features
+from beam_jobs.lib import artifacts, cli, evaluation_report, layout, reports
+from beam_jobs.lib.blessing import EVALUATE_STAGE, read_blessing
+from beam_jobs.lib.provenance import manifest_chain, training_dir_of
 
 __all__ = [
     "DataSummary",
@@ -55,6 +56,11 @@ __all__ = [
 
 DEFAULT_MIN_SLICE_EXAMPLES = 100
 DEFAULT_DATE_FEATURE = "date_received"
+# The demo model's label, its positive value and its free-text features (model/features.py); other
+# data sets pass their own label flags.
+DEFAULT_LABEL_KEY = "consumer_disputed"
+DEFAULT_POSITIVE_VALUE = "Yes"
+TEXT_FEATURES = ("consumer_complaint_narrative",)
 WORST_SLICES_SHOWN = 5
 DATE_FORMATS = ("%m/%d/%Y", "%Y-%m-%d")
 FAIRNESS_METRICS = {"false_positive_rate": "FPR", "false_negative_rate": "FNR"}
@@ -74,8 +80,8 @@ class ModelCardConfig:
     evaluation_dir: str | None = None
     training_dir: str | None = None
     min_slice_examples: int = DEFAULT_MIN_SLICE_EXAMPLES
-    label_key: str = demo_features.LABEL_KEY
-    positive_value: str = demo_features.LABEL_POSITIVE_VALUE
+    label_key: str = DEFAULT_LABEL_KEY
+    positive_value: str = DEFAULT_POSITIVE_VALUE
     date_feature: str = DEFAULT_DATE_FEATURE
 
 
@@ -129,22 +135,23 @@ def _stage(chain: Sequence[dict[str, Any]], stage: str) -> tuple[str | None, dic
 
 def _read_provenance(config: ModelCardConfig) -> tuple[dict | None, list, list]:
     """(provenance, evaluation chain, training chain): from provenance.json, else the flags."""
-    provenance_path = FileSystems.join(config.model_dir, push.PROVENANCE_FILE)
+    provenance_path = FileSystems.join(config.model_dir, layout.PROVENANCE_FILE)
     if FileSystems.exists(provenance_path):
         provenance = artifacts.read_json(provenance_path)
         evaluation, training = provenance["evaluation"], provenance["training"]
         if config.evaluation_dir:
-            evaluation = push._provenance(config.evaluation_dir)
+            evaluation = manifest_chain(config.evaluation_dir)
         if config.training_dir:
-            training = push._provenance(config.training_dir)
+            training = manifest_chain(config.training_dir)
         return provenance, evaluation, training
     if not config.evaluation_dir:
         raise click.UsageError(
-            f"{config.model_dir} has no {push.PROVENANCE_FILE} (not a pushed version): "
+            f"{config.model_dir} has no {layout.PROVENANCE_FILE} (not a pushed version): "
             "give --evaluation_dir (and --training_dir)"
         )
-    training_dir = config.training_dir or push._training_dir(config.model_dir)
-    return None, push._provenance(config.evaluation_dir), push._provenance(training_dir)
+    training_dir = config.training_dir or training_dir_of(config.model_dir)
+    evaluation = manifest_chain(config.evaluation_dir)
+    return None, evaluation, manifest_chain(training_dir)
 
 
 def resolve_sources(config: ModelCardConfig) -> Sources:
@@ -155,11 +162,11 @@ def resolve_sources(config: ModelCardConfig) -> Sources:
         cli.JobError: the evaluation output is missing or unfinished.
     """
     provenance, evaluation_chain, training_chain = _read_provenance(config)
-    evaluation_dir, evaluation = _stage(evaluation_chain, evaluate.STAGE)
+    evaluation_dir, evaluation = _stage(evaluation_chain, EVALUATE_STAGE)
     if evaluation is None:
         named = config.evaluation_dir or (evaluation_chain or [{}])[0].get("path", "?")
         raise cli.JobError(f"no finished evaluation at {named}; run beam_jobs.evaluate first")
-    blessing = artifacts.read_json(FileSystems.join(evaluation_dir, evaluate.BLESSING_JSON))
+    blessing = read_blessing(evaluation_dir)
     _, training = _stage(training_chain, "train")
     transform_dir, transform = _stage(training_chain, "transform")
     ingest_dir, ingest = _stage(training_chain, "ingest")
@@ -196,7 +203,7 @@ def data_summary(
     ingest_dir: str, splits: Sequence[str], config: ModelCardConfig
 ) -> list[DataSummary]:
     """Rows, positive labels, date span and text presence of each split of an ingest output."""
-    text_keys = list(demo_features.TEXT_FEATURES)
+    text_keys = list(TEXT_FEATURES)
     spec = {
         key: tf.io.VarLenFeature(tf.string)
         for key in (config.label_key, config.date_feature, *text_keys)
@@ -204,7 +211,7 @@ def data_summary(
     positive = config.positive_value.encode()
     summaries = []
     for split in splits:
-        pattern = FileSystems.join(ingest_dir, split, evaluate.EXAMPLES_PATTERN)
+        pattern = FileSystems.join(ingest_dir, split, layout.EXAMPLES_PATTERN)
         files = [metadata.path for metadata in artifacts.list_files(pattern)]
         rows = positives = 0
         dates: list[datetime.date] = []
@@ -233,7 +240,7 @@ def data_summary(
 def _candidate_name(evaluation_dir: str) -> str:
     """TFMA's name of the candidate model in an evaluation (`""` when there was no baseline)."""
     eval_config = eval_config_writer.load_eval_run(
-        FileSystems.join(evaluation_dir, evaluate.TFMA_DIR)
+        FileSystems.join(evaluation_dir, layout.TFMA_DIR)
     )[0]
     return next(spec.name for spec in eval_config.model_specs if not spec.is_baseline)
 
@@ -247,7 +254,7 @@ def _fairness_order(item: tuple[str, float]) -> tuple[str, bool]:
 def slice_metrics(evaluation_dir: str) -> list[SliceMetrics]:
     """The candidate's metrics of every slice of an evaluation, overall first."""
     candidate = _candidate_name(evaluation_dir)
-    metrics = tfma.load_metrics(FileSystems.join(evaluation_dir, evaluate.TFMA_DIR))
+    metrics = tfma.load_metrics(FileSystems.join(evaluation_dir, layout.TFMA_DIR))
     result = []
     for sliced in evaluation_report.sliced_values(metrics):
         values = {
@@ -270,7 +277,7 @@ def slice_metrics(evaluation_dir: str) -> list[SliceMetrics]:
             SliceMetrics(
                 group=group,
                 name=sliced.name,
-                examples=int(values.get(evaluate.EXAMPLE_COUNT_METRIC, 0)),
+                examples=int(values.get(layout.EXAMPLE_COUNT_METRIC, 0)),
                 auc=math.nan if one_label else values.get("auc", math.nan),
                 accuracy=values.get("binary_accuracy", math.nan),
                 fairness=dict(sorted(fairness.items(), key=_fairness_order)),
@@ -500,7 +507,7 @@ def _slices_table(slices: Sequence[SliceMetrics]) -> str:
 
 
 def _metrics_sections(sources: Sources, slices: Sequence[SliceMetrics], min_examples: int):
-    evaluated = sources.evaluation.get("counts", {}).get(evaluate.EXAMPLES_EVALUATED)
+    evaluated = sources.evaluation.get("counts", {}).get(layout.EXAMPLES_EVALUATED)
     body = [
         "<h2>Evaluation</h2>",
         *_paragraphs(
@@ -601,10 +608,8 @@ def run(config: ModelCardConfig) -> str:
     default=DEFAULT_MIN_SLICE_EXAMPLES,
     help="Slices with fewer eval examples are called noisy, not worst.",
 )
-@click.option("--label_key", default=demo_features.LABEL_KEY, help="Raw label feature.")
-@click.option(
-    "--positive_value", default=demo_features.LABEL_POSITIVE_VALUE, help="Label of a positive."
-)
+@click.option("--label_key", default=DEFAULT_LABEL_KEY, help="Raw label feature.")
+@click.option("--positive_value", default=DEFAULT_POSITIVE_VALUE, help="Label of a positive.")
 @click.option("--date_feature", default=DEFAULT_DATE_FEATURE, help="Raw feature holding dates.")
 @cli.reports_job_errors
 def main(**flags: Any) -> None:

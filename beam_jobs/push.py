@@ -32,27 +32,17 @@ from typing import Any
 import click
 from apache_beam.io.filesystems import FileSystems
 
-from beam_jobs import artifacts, cli
+from beam_jobs.lib import artifacts, blessing, cli, layout, provenance
 
 __all__ = [
-    "BLESSED_FILE",
-    "BLESSING_JSON",
-    "PROVENANCE_FILE",
-    "SAVED_MODEL_FILE",
     "PushConfig",
     "main",
     "push",
     "rollback",
 ]
 
-BLESSED_FILE = "BLESSED"
-NOT_BLESSED_FILE = "NOT_BLESSED"
-BLESSING_JSON = "blessing.json"
-PROVENANCE_FILE = "provenance.json"
-SAVED_MODEL_FILE = "saved_model.pb"
 ROLLED_BACK_DIR = ".rolled_back"
 STAGING_PREFIX = ".pushing-"
-_MAX_PROVENANCE_DEPTH = 8
 # Versions tried in a row before giving up, when concurrent pushes keep taking the next one.
 _MAX_VERSION_ATTEMPTS = 8
 # rename() errors that mean "that version exists already": try the next one.
@@ -80,35 +70,6 @@ class _Entry:
 
 def _is_local(path: str) -> bool:
     return FileSystems.get_scheme(path) is None
-
-
-def check_blessing(model_dir: str, evaluation_dir: str) -> dict[str, Any]:
-    """The evaluation's blessing, if it blesses exactly this model.
-
-    Raises:
-        cli.JobError: the evaluation is incomplete, or not an evaluate stage's output.
-        cli.NotBlessedError: the model is not blessed, or the evaluation was of another model.
-    """
-    artifacts.read_manifest(evaluation_dir, flag="evaluation_dir", stages=("evaluate",))
-    blessing_path = FileSystems.join(evaluation_dir, BLESSING_JSON)
-    if not FileSystems.exists(blessing_path):
-        raise cli.JobError(
-            f"--evaluation_dir={evaluation_dir} has no {BLESSING_JSON}; evaluate the model again"
-        )
-    blessing = artifacts.read_json(blessing_path)
-    if not FileSystems.exists(FileSystems.join(evaluation_dir, BLESSED_FILE)):
-        failed = [t.get("name", "?") for t in blessing.get("thresholds", []) if not t.get("passed")]
-        raise cli.NotBlessedError(
-            f"refusing to push: {evaluation_dir} says NOT_BLESSED "
-            f"(failed: {', '.join(failed) or 'see its report'})"
-        )
-    fingerprint = artifacts.directory_fingerprint(model_dir)
-    if blessing.get("candidate", {}).get("fingerprint") != fingerprint:
-        raise cli.NotBlessedError(
-            f"refusing to push: {evaluation_dir} evaluated another model than {model_dir} "
-            "(content fingerprints differ); evaluate this model first"
-        )
-    return blessing
 
 
 def _entry_kind(mode: int) -> str:
@@ -152,9 +113,10 @@ def _model_entries(model_dir: str) -> list[_Entry]:
     Raises:
         cli.JobError: it is not a SavedModel directory, or it holds a link or a special file.
     """
-    if not FileSystems.exists(FileSystems.join(model_dir, SAVED_MODEL_FILE)):
+    if not FileSystems.exists(FileSystems.join(model_dir, layout.SAVED_MODEL_FILE)):
         raise cli.JobError(
-            f"--model_dir={model_dir} is not a SavedModel directory (no {SAVED_MODEL_FILE}); "
+            f"--model_dir={model_dir} is not a SavedModel directory "
+            f"(no {layout.SAVED_MODEL_FILE}); "
             "give the export of model.train, <train output>/serving_model/<version>"
         )
     if _is_local(model_dir):
@@ -243,7 +205,7 @@ def _move_into_place(staging: str, destination: str) -> bool:
     prefix = staging.rstrip("/") + "/"
     files = sorted(
         (metadata.path for metadata in artifacts.list_files(prefix + "**")),
-        key=lambda path: path.endswith("/" + SAVED_MODEL_FILE),
+        key=lambda path: path.endswith("/" + layout.SAVED_MODEL_FILE),
     )
     for path in files:
         FileSystems.rename([path], [FileSystems.join(destination, path[len(prefix) :])])
@@ -258,26 +220,7 @@ def _newest_taken(serving_dir: str) -> int:
     return max(artifacts.serving_versions(serving_dir), default=0)
 
 
-def _provenance(stage_dir: str, depth: int = 0) -> list[dict[str, Any]]:
-    """The manifests of a stage directory and, recursively, of every stage directory it read."""
-    manifest_path = FileSystems.join(stage_dir, artifacts.MANIFEST_FILE)
-    if depth > _MAX_PROVENANCE_DEPTH or not FileSystems.exists(manifest_path):
-        return []
-    manifest = artifacts.read_json(manifest_path)
-    chain = [{"path": stage_dir, "manifest": manifest}]
-    for entries in manifest.get("inputs", {}).values():
-        for entry in entries if isinstance(entries, list) else [entries]:
-            if isinstance(entry, dict) and "manifest_sha256" in entry:
-                chain.extend(_provenance(entry["path"], depth + 1))
-    return chain
-
-
-def _training_dir(model_dir: str) -> str:
-    """`<train output>` of `<train output>/serving_model/<ts>`, where the training manifest lies."""
-    return os.path.dirname(os.path.dirname(model_dir.rstrip("/")))
-
-
-def _claim_version(staging: str, serving_dir: str, provenance: dict[str, Any], first: int) -> int:
+def _claim_version(staging: str, serving_dir: str, record: dict[str, Any], first: int) -> int:
     """Moves the staged copy to the first free version from `first` on and returns it.
 
     The rename is the claim: of concurrent pushes that picked the same version, one wins and the
@@ -289,7 +232,7 @@ def _claim_version(staging: str, serving_dir: str, provenance: dict[str, Any], f
     version = first
     for _ in range(_MAX_VERSION_ATTEMPTS):
         artifacts.write_json(
-            FileSystems.join(staging, PROVENANCE_FILE), {**provenance, "version": version}
+            FileSystems.join(staging, layout.PROVENANCE_FILE), {**record, "version": version}
         )
         if _move_into_place(staging, FileSystems.join(serving_dir, str(version))):
             return version
@@ -313,20 +256,20 @@ def push(config: PushConfig, *, clock: Callable[[], float] = time.time) -> int:
     """
     entries = _model_entries(config.model_dir)
     _refuse_serving_inside_model(config.model_dir, config.serving_dir)
-    blessing = check_blessing(config.model_dir, config.evaluation_dir)
+    verdict = blessing.check_blessing(config.model_dir, config.evaluation_dir)
     _prepare_serving_dir(config.serving_dir)
     first = max(int(clock()), _newest_taken(config.serving_dir) + 1)
     staging = FileSystems.join(config.serving_dir, f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}")
     try:
         _copy_files(config.model_dir, staging, entries)
-        provenance = {
+        record = {
             "pushed_at": artifacts.utc_now(),
             "model_dir": config.model_dir,
-            "blessing": blessing,
-            "evaluation": _provenance(config.evaluation_dir),
-            "training": _provenance(_training_dir(config.model_dir)),
+            "blessing": verdict,
+            "evaluation": provenance.manifest_chain(config.evaluation_dir),
+            "training": provenance.manifest_chain(provenance.training_dir_of(config.model_dir)),
         }
-        return _claim_version(staging, config.serving_dir, provenance, first)
+        return _claim_version(staging, config.serving_dir, record, first)
     except OSError as error:
         raise cli.JobError(
             f"pushing {config.model_dir} to {config.serving_dir} failed ({error}); nothing was "

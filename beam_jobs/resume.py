@@ -25,14 +25,13 @@ from typing import Any
 import click
 from apache_beam.io.filesystems import FileSystems
 
-from beam_jobs import artifacts, cli
+from beam_jobs.lib import artifacts, cli, layout
 
 __all__ = ["RUN_KEY_FILE", "is_up_to_date", "main", "record", "run_key"]
 
 RUN_KEY_FILE = "run_key.json"
 _PACKAGES = ("beam_jobs", "model")
 _OWN_OUTPUT_FLAGS = ("--output_dir", "--serving_dir")
-_SAVED_MODEL_FILE = "saved_model.pb"
 
 
 def _code_fingerprint() -> str:
@@ -93,7 +92,7 @@ def _manifest_sha256(output_dir: str) -> str | None:
 
 
 def _served_model_sha256(version_dir: str) -> str | None:
-    if not FileSystems.exists(FileSystems.join(version_dir, _SAVED_MODEL_FILE)):
+    if not FileSystems.exists(FileSystems.join(version_dir, layout.SAVED_MODEL_FILE)):
         return None
     return artifacts.directory_fingerprint(version_dir)
 

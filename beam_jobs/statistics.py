@@ -27,29 +27,23 @@ from tensorflow_data_validation.utils import slicing_util
 from tensorflow_metadata.proto.v0 import statistics_pb2
 from tfx_bsl.public import tfxio
 
-from beam_jobs import artifacts, cli, reports
+from beam_jobs.lib import artifacts, cli, layout, reports, tfdv_io
 
 __all__ = [
     "HTML_FILE",
-    "STATS_FILE",
     "SplitStatistics",
     "StatisticsConfig",
     "build_pipeline",
     "example_count",
-    "load_statistics",
     "main",
     "run",
     "stats_options",
 ]
 
 STAGE = "statistics"
-STATS_FILE = "stats.pb"
 HTML_FILE = "stats.html"
-EXAMPLES_PATTERN = "data-*.tfrecord.gz"
-ROWS_READ = "rows_read"
-_COUNTS_FILE = ".counts.json"
 _TELEMETRY = ["beam_jobs", STAGE]
-_ROWS_READ_COUNTER = beam.metrics.Metrics.counter(STAGE, ROWS_READ)
+_ROWS_READ_COUNTER = beam.metrics.Metrics.counter(STAGE, layout.ROWS_READ)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,11 +67,6 @@ def stats_options(config: StatisticsConfig) -> tfdv.StatsOptions:
     )
 
 
-def load_statistics(path: str) -> statistics_pb2.DatasetFeatureStatisticsList:
-    """Reads one binary `DatasetFeatureStatisticsList` (any filesystem TensorFlow knows)."""
-    return tfdv.load_stats_binary(path)
-
-
 def example_count(stats: statistics_pb2.DatasetFeatureStatisticsList) -> int:
     """The number of examples of the unsliced dataset (0 for an empty split)."""
     whole = reports.default_slice(stats)
@@ -97,7 +86,7 @@ class SplitStatistics(beam.PTransform):
         super().__init__()
         self._split = split
         self._file_pattern = file_pattern
-        self._stats_path = FileSystems.join(output_dir, split, STATS_FILE)
+        self._stats_path = FileSystems.join(output_dir, split, layout.STATS_FILE)
         self._options = options
 
     def expand(self, pipeline: beam.pvalue.PBegin) -> beam.PCollection:
@@ -137,13 +126,13 @@ def build_pipeline(
         | f"Statistics[{split}]"
         >> SplitStatistics(
             split=split,
-            file_pattern=FileSystems.join(config.examples_dir, split, EXAMPLES_PATTERN),
+            file_pattern=FileSystems.join(config.examples_dir, split, layout.EXAMPLES_PATTERN),
             output_dir=staging_dir,
             options=options,
         )
         for split in splits
     ]
-    counts_path = FileSystems.join(staging_dir, _COUNTS_FILE)
+    counts_path = FileSystems.join(staging_dir, layout.COUNTS_FILE)
     _ = (
         counts
         | "FlattenCounts" >> beam.Flatten()
@@ -160,7 +149,7 @@ def _check_split(
     ingest_manifest: dict[str, Any],
 ) -> None:
     """Fails unless the rows read equal the rows ingest wrote (and TFDV counted, unsampled)."""
-    expected = ingest_manifest.get("counts", {}).get("rows_written", {}).get(split)
+    expected = ingest_manifest.get("counts", {}).get(layout.ROWS_WRITTEN, {}).get(split)
     if expected is not None and rows_read != expected:
         raise cli.JobError(
             f"split {split}: read {rows_read} examples but ingest wrote {expected}; "
@@ -188,9 +177,9 @@ def _check_split(
 def _finish_split(
     staged: artifacts.StagedOutput, split: str, rows_read: int, config: StatisticsConfig
 ) -> tuple[statistics_pb2.DatasetFeatureStatisticsList, int]:
-    stats_path = staged.path(split, STATS_FILE)
+    stats_path = staged.path(split, layout.STATS_FILE)
     stats = (
-        load_statistics(stats_path)
+        tfdv_io.load_statistics(stats_path)
         if FileSystems.exists(stats_path)
         else statistics_pb2.DatasetFeatureStatisticsList()
     )
@@ -223,7 +212,7 @@ def run(config: StatisticsConfig, options: PipelineOptions) -> dict[str, Any]:
     with staged:
         with beam.Pipeline(options=options) as pipeline:
             build_pipeline(pipeline, config, splits, staged.staging_dir)
-        counts_path = staged.path(_COUNTS_FILE)
+        counts_path = staged.path(layout.COUNTS_FILE)
         rows_read = artifacts.read_json(counts_path)
         FileSystems.delete([counts_path])
         examples, slices = {}, {}

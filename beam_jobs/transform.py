@@ -34,11 +34,11 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 from tensorflow_transform.tf_metadata import metadata_io
 from tfx_bsl.public import tfxio
 
-from beam_jobs import artifacts, cli, feature_types, ingest, shards, user_code
+from beam_jobs.lib import artifacts, cli, feature_types, layout, shards, user_code
+from beam_jobs.lib.splits import fingerprint
 
 __all__ = [
     "DEFAULT_PREPROCESSING_FN",
-    "TRANSFORMED_EXAMPLES_DIR",
     "AnalyzeSplits",
     "TransformConfig",
     "TransformPlan",
@@ -55,9 +55,7 @@ __all__ = [
 STAGE = "transform"
 DEFAULT_PREPROCESSING_FN = "model.preprocessing:preprocessing_fn"
 DEFAULT_ANALYZE_SPLITS = "train"
-TRANSFORMED_EXAMPLES_DIR = "transformed_examples"
 EXAMPLES_TRANSFORMED = "examples_transformed"
-_COUNTS_FILE = ".counts.json"
 _TFT_TEMP_DIR = ".tft_tmp"
 _TELEMETRY = ["beam_jobs", STAGE]
 _FLAG = "preprocessing_fn"
@@ -147,7 +145,7 @@ def plan_transform(config: TransformConfig) -> TransformPlan:
         split: FileSystems.join(
             config.examples_dir,
             split,
-            f"{ingest.EXAMPLES_FILE_PREFIX}-*{ingest.EXAMPLES_FILE_SUFFIX}",
+            layout.EXAMPLES_PATTERN,
         )
         for split in available
     }
@@ -182,7 +180,7 @@ def content_key(serialized: bytes) -> tuple[int, bytes]:
     Sorting by a fingerprint orders the examples the same way on every run and runner while
     mixing them, so a reader's shuffle buffer does not start on a run of near-identical rows.
     """
-    return ingest.fingerprint(serialized), serialized
+    return fingerprint(serialized), serialized
 
 
 def canonical_example(serialized: bytes) -> bytes:
@@ -297,7 +295,7 @@ def build_pipeline(pipeline: beam.Pipeline, plan: TransformPlan, staging_dir: st
         | "Analyze" >> AnalyzeSplits(plan, adapter_config)
     )
     _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(staging_dir)
-    examples_dir = FileSystems.join(staging_dir, TRANSFORMED_EXAMPLES_DIR)
+    examples_dir = FileSystems.join(staging_dir, layout.TRANSFORMED_EXAMPLES_DIR)
     num_shards = dict(plan.num_shards)
     written = [
         pipeline
@@ -308,12 +306,12 @@ def build_pipeline(pipeline: beam.Pipeline, plan: TransformPlan, staging_dir: st
         >> shards.WriteSortedShards(
             examples_dir,
             num_shards.__getitem__,
-            (ingest.EXAMPLES_FILE_PREFIX, ingest.EXAMPLES_FILE_SUFFIX),
+            layout.EXAMPLES_FILE,
             artifacts.write_tfrecords,
         )
         for split in plan.transform_splits
     ] | "FlattenCounts" >> beam.Flatten()
-    counts_path = FileSystems.join(staging_dir, _COUNTS_FILE)
+    counts_path = FileSystems.join(staging_dir, layout.COUNTS_FILE)
     _ = (
         written
         | "SumCounts" >> beam.CombinePerKey(sum)
@@ -336,8 +334,8 @@ def _complete_shards(staging_dir: str, plan: TransformPlan) -> None:
     """Writes empty shard files where no example fell, so every split has all its shards."""
     for split in plan.transform_splits:
         shards.fill_missing_shards(
-            FileSystems.join(staging_dir, TRANSFORMED_EXAMPLES_DIR, split),
-            (ingest.EXAMPLES_FILE_PREFIX, ingest.EXAMPLES_FILE_SUFFIX),
+            FileSystems.join(staging_dir, layout.TRANSFORMED_EXAMPLES_DIR, split),
+            layout.EXAMPLES_FILE,
             plan.num_shards[split],
             shards.write_tfrecord_shard,
         )
@@ -351,7 +349,7 @@ def _read_counts(
     Raises:
         cli.JobError: a split lost or gained rows on the way.
     """
-    counts_path = staged.path(_COUNTS_FILE)
+    counts_path = staged.path(layout.COUNTS_FILE)
     written = artifacts.read_json(counts_path) if FileSystems.exists(counts_path) else {}
     FileSystems.delete([counts_path])
     counts = {split: written.get(split, 0) for split in plan.transform_splits}

@@ -25,7 +25,7 @@ from apache_beam.io.filesystems import FileSystems
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_pb2
 
-from beam_jobs import artifacts, cli, reports, statistics
+from beam_jobs.lib import artifacts, cli, layout, reports, tfdv_io
 
 __all__ = [
     "ANOMALIES_FILE",
@@ -71,7 +71,7 @@ def _load_statistics_dir(stats_dir: str, flag: str) -> dict[str, StatsList]:
         raise cli.JobError(f"--{flag}={stats_dir}: its manifest names no splits")
     return {
         split: reports.default_slice(
-            statistics.load_statistics(FileSystems.join(stats_dir, split, statistics.STATS_FILE))
+            tfdv_io.load_statistics(FileSystems.join(stats_dir, split, layout.STATS_FILE))
         )
         for split in splits
     }

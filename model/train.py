@@ -32,14 +32,13 @@ import tensorflow as tf
 import tensorflow_transform as tft
 from apache_beam.io.filesystems import FileSystems
 
-from beam_jobs import artifacts, cli, user_code
+from beam_jobs.lib import artifacts, cli, layout, user_code
 from model import dp, features
 from model import model as demo_model
 
 __all__ = [
     "DEFAULT_MODEL_FN",
     "DISTRIBUTIONS",
-    "SERVING_MODEL_DIR",
     "TrainConfig",
     "export_model",
     "main",
@@ -54,13 +53,8 @@ DEFAULT_MODEL_FN = "model.model:build_model"
 DEFAULT_LABEL_KEY = features.transformed_name(features.LABEL_KEY)
 DISTRIBUTIONS = ("mirrored", "one_device", "multi_worker_mirrored")
 TRAIN_SPLIT, EVAL_SPLIT = "train", "eval"
-TRANSFORMED_EXAMPLES_DIR = "transformed_examples"
-SERVING_MODEL_DIR = "serving_model"
 CHECKPOINTS_DIR = "checkpoints"
 LOGS_DIR = "logs"
-EXAMPLES_INPUT = "examples"
-SERVING_SIGNATURE = "serving_default"
-TRANSFORM_SIGNATURE = "transform_features"
 DEFAULT_TRAIN_STEPS = 1000
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_CHECKPOINT_STEPS = 100
@@ -139,7 +133,7 @@ def make_strategy(distribution: str, cpu_replicas: int = 1) -> tf.distribute.Str
 
 
 def _example_files(transform_dir: str, split: str) -> list[str]:
-    pattern = FileSystems.join(transform_dir, TRANSFORMED_EXAMPLES_DIR, split, "*")
+    pattern = FileSystems.join(transform_dir, layout.TRANSFORMED_EXAMPLES_DIR, split, "*")
     files = sorted(tf.io.gfile.glob(pattern))
     if not files:
         raise cli.JobError(
@@ -269,21 +263,21 @@ def _signatures(
     raw_spec = tf_transform_output.raw_feature_spec()
     serving_spec = dict(raw_spec)
     serving_spec.pop(_raw_label_key(tf_transform_output, label_key) or "", None)
-    examples = tf.TensorSpec(shape=[None], dtype=tf.string, name=EXAMPLES_INPUT)
+    examples = tf.TensorSpec(shape=[None], dtype=tf.string, name=layout.EXAMPLES_INPUT)
 
     @tf.function(input_signature=[examples])
     def serve(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
         transformed = keras_model.tft_layer(tf.io.parse_example(serialized, serving_spec))
         inputs = {name: transformed[name] for name in keras_model.input_names}
-        return {demo_model.OUTPUT_NAME: keras_model(inputs)}
+        return {layout.OUTPUT_KEY: keras_model(inputs)}
 
     @tf.function(input_signature=[examples])
     def transform(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
         return keras_model.tft_layer(tf.io.parse_example(serialized, raw_spec))
 
     return {
-        SERVING_SIGNATURE: serve.get_concrete_function(),
-        TRANSFORM_SIGNATURE: transform.get_concrete_function(),
+        layout.SERVING_SIGNATURE: serve.get_concrete_function(),
+        layout.TRANSFORM_SIGNATURE: transform.get_concrete_function(),
     }
 
 
@@ -309,7 +303,7 @@ def export_model(
         The export's path.
     """
     signatures = _signatures(keras_model, tf_transform_output, label_key)
-    serving_dir = FileSystems.join(output_dir, SERVING_MODEL_DIR)
+    serving_dir = FileSystems.join(output_dir, layout.SERVING_MODEL_DIR)
     version = int(time.time())
     while tf.io.gfile.exists(FileSystems.join(serving_dir, str(version))):
         version += 1
@@ -523,7 +517,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
         config.output_dir,
         STAGE,
         inputs=[path for path in (config.transform_dir, config.base_model) if path],
-        own_entries=(CHECKPOINTS_DIR, LOGS_DIR, SERVING_MODEL_DIR),
+        own_entries=(CHECKPOINTS_DIR, LOGS_DIR, layout.SERVING_MODEL_DIR),
     )
     manifest_path = FileSystems.join(config.output_dir, artifacts.MANIFEST_FILE)
     dp_options = _dp_options(config)

@@ -147,7 +147,7 @@ def reference_ingest(csv_path: str, output_path: str) -> None:
     import tensorflow as tf
     from tfx_bsl.coders import example_coder
 
-    from beam_jobs import records
+    from beam_jobs.lib import records
 
     with open(csv_path, newline="", encoding="utf-8-sig") as handle:
         header = next(csv.reader(handle))

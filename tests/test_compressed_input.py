@@ -23,7 +23,8 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from click.testing import CliRunner
 
-from beam_jobs import artifacts, cli, feedback, infer, ingest, records
+from beam_jobs import feedback, infer, ingest
+from beam_jobs.lib import artifacts, cli, layout, records
 from tests.conftest import REPO_ROOT, direct_options
 from tests.test_ingest import TRICKY_CSVS, python_csv_rows
 
@@ -409,12 +410,12 @@ class TinyModel(tf.Module):
     def serve(self, examples: tf.Tensor) -> dict[str, tf.Tensor]:
         spec = {"product": tf.io.FixedLenFeature([], tf.string, default_value="")}
         product = tf.io.parse_example(examples, spec)["product"]
-        return {infer.OUTPUT_KEY: tf.cast(tf.strings.length(product), tf.float32)[:, None]}
+        return {layout.OUTPUT_KEY: tf.cast(tf.strings.length(product), tf.float32)[:, None]}
 
 
 def test_infer_reads_compressed_csv_as_the_plain_file(tmp_path):
     model, model_dir = TinyModel(), tmp_path / "model"
-    tf.saved_model.save(model, str(model_dir), signatures={infer.SIGNATURE: model.serve})
+    tf.saved_model.save(model, str(model_dir), signatures={layout.SERVING_SIGNATURE: model.serve})
     data = sample_csv(300)
     plain = write(tmp_path / "in" / "s.csv", data)
     gzipped_without_suffix = write(tmp_path / "gz" / "s.csv", gzip.compress(data))
@@ -454,7 +455,7 @@ def write_predictions(directory: pathlib.Path, count: int) -> None:
             )
             for i in range(count)
         ]
-        path = pathlib.Path(staged.path(infer.PREDICTIONS_DIR, "predictions-00000-of-00001.jsonl"))
+        path = pathlib.Path(staged.path(layout.PREDICTIONS_DIR, "predictions-00000-of-00001.jsonl"))
         write(path, "\n".join(lines).encode() + b"\n")
         staged.publish(inputs={}, parameters={}, counts={})
 

@@ -21,7 +21,8 @@ from tensorflow_model_analysis.proto import (
 )
 from tensorflow_model_analysis.slicer import slicer_lib
 
-from beam_jobs import artifacts, cli, evaluate, evaluation_report
+from beam_jobs import evaluate
+from beam_jobs.lib import artifacts, cli, evaluation_report, layout
 from model import features
 from tests import browser
 from tests.conftest import REPO_ROOT, direct_options
@@ -255,9 +256,9 @@ def test_unfinished_inputs_are_one_line_errors(tmp_path, ingested_2015_curated):
 
 
 def test_first_model_without_baseline_is_blessed_on_auc(evaluated_2015, ingested_2015_curated):
-    assert (evaluated_2015 / evaluate.BLESSED_FILE).read_bytes() == b""
-    assert not (evaluated_2015 / evaluate.NOT_BLESSED_FILE).exists()
-    blessing = json.loads((evaluated_2015 / evaluate.BLESSING_JSON).read_text())
+    assert (evaluated_2015 / layout.BLESSED_FILE).read_bytes() == b""
+    assert not (evaluated_2015 / layout.NOT_BLESSED_FILE).exists()
+    blessing = json.loads((evaluated_2015 / layout.BLESSING_JSON).read_text())
     assert blessing["blessed"] is True
     assert blessing["baseline"] is None
     assert blessing["change_thresholds_skipped"] is True
@@ -275,7 +276,7 @@ def test_first_model_without_baseline_is_blessed_on_auc(evaluated_2015, ingested
     )
     assert manifest["inputs"]["model"]["fingerprint"] == blessing["candidate"]["fingerprint"]
     assert manifest["inputs"]["examples"] == artifacts.input_fingerprint(str(ingested_2015_curated))
-    results = str(evaluated_2015 / evaluate.TFMA_DIR)
+    results = str(evaluated_2015 / layout.TFMA_DIR)
     validation = tfma.load_validation_result(results)
     assert validation.validation_ok and validation.rubber_stamp
     result = tfma.load_eval_result(results)
@@ -297,11 +298,11 @@ def test_a_model_that_learned_nothing_is_not_blessed_even_without_baseline(
     (error_line,) = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert f"NOT_BLESSED: failed {AUC_VALUE_CHECK}" in error_line
     # Published anyway, for a person to read.
-    assert (output_dir / evaluate.NOT_BLESSED_FILE).exists()
-    assert not (output_dir / evaluate.BLESSED_FILE).exists()
+    assert (output_dir / layout.NOT_BLESSED_FILE).exists()
+    assert not (output_dir / layout.BLESSED_FILE).exists()
     assert (output_dir / evaluate.REPORT_FILE).exists()
     assert (output_dir / artifacts.MANIFEST_FILE).exists()
-    blessing = json.loads((output_dir / evaluate.BLESSING_JSON).read_text())
+    blessing = json.loads((output_dir / layout.BLESSING_JSON).read_text())
     (check,) = blessing["thresholds"]
     assert (check["name"], check["passed"]) == (AUC_VALUE_CHECK, False)
     assert check["value"] < 0.6
@@ -315,7 +316,7 @@ def test_examples_that_differ_from_ingest_counts_are_an_error(
     manifest = json.loads((tampered / artifacts.MANIFEST_FILE).read_text())
     manifest["counts"]["rows_written"]["eval"] += 1
     (tampered / artifacts.MANIFEST_FILE).write_text(json.dumps(manifest))
-    blessing = json.loads((evaluated_2015 / evaluate.BLESSING_JSON).read_text())
+    blessing = json.loads((evaluated_2015 / layout.BLESSING_JSON).read_text())
     config = evaluate.EvaluateConfig(
         model_dir=blessing["candidate"]["path"],
         examples_dir=str(tampered),
@@ -329,7 +330,7 @@ def test_examples_that_differ_from_ingest_counts_are_an_error(
 def test_report_has_per_slice_metrics_and_plots_and_renders_in_chromium(evaluated_2015, tmp_path):
     page = evaluated_2015 / evaluate.REPORT_FILE
     text = page.read_text()
-    candidate = json.loads((evaluated_2015 / evaluate.BLESSING_JSON).read_text())["candidate"]
+    candidate = json.loads((evaluated_2015 / layout.BLESSING_JSON).read_text())["candidate"]
     assert f"<h1>Evaluation of {html.escape(candidate['path'])}</h1>" in text
     for expected in ("BLESSED", AUC_VALUE_CHECK, "Metrics by product", "Metrics by state"):
         assert html.escape(expected) in text
@@ -345,7 +346,7 @@ def test_report_has_per_slice_metrics_and_plots_and_renders_in_chromium(evaluate
 def test_python_m_on_two_worker_processes_gives_the_same_numbers(
     evaluated_2015, ingested_2015_curated, tmp_path
 ):
-    first = json.loads((evaluated_2015 / evaluate.BLESSING_JSON).read_text())
+    first = json.loads((evaluated_2015 / layout.BLESSING_JSON).read_text())
     output_dir = tmp_path / "evaluation"
     completed = subprocess.run(
         [
@@ -365,8 +366,8 @@ def test_python_m_on_two_worker_processes_gives_the_same_numbers(
         timeout=600,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    assert completed.stdout.splitlines()[-1] == evaluate.BLESSED_FILE
-    second = json.loads((output_dir / evaluate.BLESSING_JSON).read_text())
+    assert completed.stdout.splitlines()[-1] == layout.BLESSED_FILE
+    second = json.loads((output_dir / layout.BLESSING_JSON).read_text())
     assert second["thresholds"][0]["value"] == pytest.approx(first["thresholds"][0]["value"])
     manifest = json.loads((output_dir / artifacts.MANIFEST_FILE).read_text())
     assert manifest["counts"] == {"examples_evaluated": 9415}

@@ -7,7 +7,8 @@ import pathlib
 
 from click.testing import CliRunner, Result
 
-from beam_jobs import artifacts, cli, evaluate, push
+from beam_jobs import evaluate, push
+from beam_jobs.lib import artifacts, cli, layout
 
 # Eval AUC 0.620: passes AUC >= 0.60, but is not +0.01 over the demo model's 0.639 (and the demo
 # model is +0.019 over it).
@@ -40,7 +41,7 @@ def run_push(model_dir: pathlib.Path, evaluation_dir, serving_dir) -> Result:
 
 
 def read_blessing(evaluation_dir: pathlib.Path) -> dict:
-    return json.loads((evaluation_dir / evaluate.BLESSING_JSON).read_text())
+    return json.loads((evaluation_dir / layout.BLESSING_JSON).read_text())
 
 
 def test_blessed_model_is_pushed_and_a_candidate_not_better_than_it_is_refused(
@@ -72,7 +73,7 @@ def test_blessed_model_is_pushed_and_a_candidate_not_better_than_it_is_refused(
     # V1 scored as when it was blessed: candidate AUC - change = baseline AUC.
     first_auc = first["thresholds"][0]["value"]
     assert abs(checks[AUC_VALUE_CHECK]["value"] - change["value"] - first_auc) < 1e-6
-    assert (evaluation / evaluate.NOT_BLESSED_FILE).exists()
+    assert (evaluation / layout.NOT_BLESSED_FILE).exists()
 
     refused = run_push(candidate, evaluation, serving)
     assert refused.exit_code == cli.EXIT_NOT_BLESSED

@@ -10,7 +10,8 @@ import json
 
 from click.testing import CliRunner
 
-from beam_jobs import artifacts, cli, evaluate, ingest, transform
+from beam_jobs import evaluate, ingest, transform
+from beam_jobs.lib import artifacts, cli
 from tests.conftest import CURATED_SCHEMA, DEMO_TRAIN_STEPS, direct_options
 
 

@@ -9,7 +9,8 @@ import pytest
 import tensorflow as tf
 from click.testing import CliRunner
 
-from beam_jobs import artifacts, feedback, infer, statistics, validate
+from beam_jobs import feedback, statistics, validate
+from beam_jobs.lib import artifacts, example_json
 from tests.conftest import CURATED_SCHEMA, direct_options
 from tests.test_infer import read_jsonl
 
@@ -103,7 +104,7 @@ def test_labelled_example_keeps_what_the_model_saw_and_sets_the_label():
     example = tf.train.Example.FromString(
         feedback.labelled_example(features, "consumer_disputed", b"No")
     )
-    assert infer.example_to_json(example) == {**features, "consumer_disputed": ["No"]}
+    assert example_json.example_to_json(example) == {**features, "consumer_disputed": ["No"]}
 
 
 def _feedback_lines(ids: list[str]) -> tuple[list[dict], dict[str, tuple[str, str]]]:
@@ -190,7 +191,7 @@ def test_real_feedback_becomes_a_span_that_validates(predictions_2015, tmp_path)
     for split in ("train", "eval"):
         for path in sorted((output_dir / split).glob("data-*.tfrecord.gz")):
             for record in artifacts.read_tfrecords(str(path)):
-                features = infer.example_to_json(tf.train.Example.FromString(record))
+                features = example_json.example_to_json(tf.train.Example.FromString(record))
                 examples[str(features["complaint_id"][0])] = features
     assert {i: e["consumer_disputed"] for i, e in examples.items()} == {
         i: [label] for i, (label, _) in expected.items()

@@ -14,7 +14,8 @@ import tensorflow as tf
 from click.testing import CliRunner
 from tensorflow_serving.apis import prediction_log_pb2
 
-from beam_jobs import artifacts, cli, infer, records
+from beam_jobs import infer
+from beam_jobs.lib import artifacts, cli, example_json, layout, records
 from tests.conftest import CURATED_SCHEMA, DEMO_TRAIN_STEPS, direct_options
 
 _SERVE_BATCH = 2048
@@ -31,9 +32,9 @@ def read_jsonl(directory: pathlib.Path) -> list[dict]:
 
 def serve(model_dir: pathlib.Path, examples: list[bytes]) -> np.ndarray:
     """`serving_default` called directly, as TF Serving would: one score per serialized example."""
-    signature = tf.saved_model.load(str(model_dir)).signatures[infer.SIGNATURE]
+    signature = tf.saved_model.load(str(model_dir)).signatures[layout.SERVING_SIGNATURE]
     scores = [
-        signature(examples=tf.constant(examples[start : start + _SERVE_BATCH]))[infer.OUTPUT_KEY]
+        signature(examples=tf.constant(examples[start : start + _SERVE_BATCH]))[layout.OUTPUT_KEY]
         for start in range(0, len(examples), _SERVE_BATCH)
     ]
     return np.concatenate([score.numpy() for score in scores]).ravel()
@@ -44,9 +45,9 @@ def test_json_features_round_trip_to_the_same_example():
         {"text": b"caf\xc3\xa9", "raw": b"\xff\xfe", "ids": [1, -2], "floats": [0.5, 2.0]},
         {"floats": records.ColumnType.FLOAT},
     )
-    features = infer.example_to_json(example)
+    features = example_json.example_to_json(example)
     assert features["ids"] == [1, -2] and features["floats"] == [0.5, 2.0]
-    back = infer.example_from_json(json.loads(json.dumps(features)))
+    back = example_json.example_from_json(json.loads(json.dumps(features)))
     assert back.SerializeToString(deterministic=True) == example.SerializeToString(
         deterministic=True
     )
@@ -79,7 +80,7 @@ def test_eval_split_scores_equal_serving_default(
         "version": int(model_dir.name),
         "fingerprint": artifacts.directory_fingerprint(str(model_dir)),
     }
-    predictions = read_jsonl(predictions_2015 / infer.PREDICTIONS_DIR)
+    predictions = read_jsonl(predictions_2015 / layout.PREDICTIONS_DIR)
     scored = {record["tracking_id"]: record["score"] for record in predictions}
     assert len(scored) == len(predictions) == eval_rows["eval"]
 
@@ -99,13 +100,13 @@ def test_eval_split_scores_equal_serving_default(
 
     logs = [
         prediction_log_pb2.PredictionLog.FromString(record)
-        for path in sorted((predictions_2015 / infer.PREDICTION_LOGS_DIR).glob("*.tfrecord.gz"))
+        for path in sorted((predictions_2015 / layout.PREDICTION_LOGS_DIR).glob("*.tfrecord.gz"))
         for record in artifacts.read_tfrecords(str(path))
     ]
     assert len(logs) == len(predictions)
     first_input = logs[0].predict_log.request.inputs["examples"].string_val[0]
     assert (
-        infer.example_to_json(tf.train.Example.FromString(first_input))
+        example_json.example_to_json(tf.train.Example.FromString(first_input))
         == predictions[0]["features"]
     )
     assert infer.score_of(logs[0]) == predictions[0]["score"]
@@ -152,9 +153,9 @@ def test_serving_dir_newest_version_hash_ids_and_rejects(
         ),
         (10, "expected 13 fields, found 5"),
     ]
-    predictions = read_jsonl(output_dir / infer.PREDICTIONS_DIR)
+    predictions = read_jsonl(output_dir / layout.PREDICTIONS_DIR)
     assert {p["model_version"] for p in predictions} == {12}
-    first = infer.example_from_json(predictions[0]["features"])
+    first = example_json.example_from_json(predictions[0]["features"])
     serialized = first.SerializeToString(deterministic=True)
     assert predictions[0]["tracking_id"] == infer.tracking_id(first, serialized, None)
     assert predictions[0]["features"]["zip_code"] == ["76119"]  # text, as the schema says

@@ -16,7 +16,8 @@ import pytest
 import tensorflow as tf
 from click.testing import CliRunner
 
-from beam_jobs import artifacts, cli, ingest, records
+from beam_jobs import ingest
+from beam_jobs.lib import artifacts, cli, records, sources, splits
 from tests.conftest import REPO_ROOT, direct_options
 
 SMALL_CSV = (
@@ -71,35 +72,35 @@ def test_normalize_column_name(name, index, expected):
 
 
 def test_parse_splits_accepts_weights_and_rejects_bad_ones():
-    assert ingest.parse_splits("train:6,eval:2,test:2") == (
-        ingest.Split("train", 6),
-        ingest.Split("eval", 2),
-        ingest.Split("test", 2),
+    assert splits.parse_splits("train:6,eval:2,test:2") == (
+        splits.Split("train", 6),
+        splits.Split("eval", 2),
+        splits.Split("test", 2),
     )
     for bad in ("train:0,eval:1", "train:2,train:1", "train", "rejected:1", "1x:2"):
         with pytest.raises(Exception, match=r"--splits|split"):
-            ingest.parse_splits(bad)
+            splits.parse_splits(bad)
 
 
 def test_parse_input_tells_presplit_from_a_pattern():
-    assert ingest.parse_input("data/*.csv") == {None: "data/*.csv"}
-    assert ingest.parse_input("train=a/*.csv,eval=b/*.csv") == {
+    assert sources.parse_input("data/*.csv") == {None: "data/*.csv"}
+    assert sources.parse_input("train=a/*.csv,eval=b/*.csv") == {
         "train": "a/*.csv",
         "eval": "b/*.csv",
     }
-    assert ingest.parse_input("gs://bucket/date=2020/*.csv") == {
+    assert sources.parse_input("gs://bucket/date=2020/*.csv") == {
         None: "gs://bucket/date=2020/*.csv"
     }
 
 
 def test_assign_split_follows_the_weights_and_is_stable():
-    splits = ingest.parse_splits("train:6,eval:2,test:2")
+    weights = splits.parse_splits("train:6,eval:2,test:2")
     counts = collections.Counter(
-        ingest.assign_split(str(i).encode(), splits) for i in range(30_000)
+        splits.assign_split(str(i).encode(), weights) for i in range(30_000)
     )
     assert counts["train"] / 30_000 == pytest.approx(0.6, abs=0.01)
     assert counts["test"] / 30_000 == pytest.approx(0.2, abs=0.01)
-    assert ingest.assign_split(b"same key", splits) == ingest.assign_split(b"same key", splits)
+    assert splits.assign_split(b"same key", weights) == splits.assign_split(b"same key", weights)
 
 
 def test_value_types_and_encoding_leave_empty_values_absent():

@@ -17,7 +17,7 @@ import tensorflow_transform.beam as tft_beam
 from click.testing import CliRunner
 from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils
 
-from beam_jobs import artifacts, cli
+from beam_jobs.lib import artifacts, cli
 from model import features, preprocessing, train
 from model import model as demo_model
 

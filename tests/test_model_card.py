@@ -10,7 +10,8 @@ import pathlib
 import pytest
 from click.testing import CliRunner
 
-from beam_jobs import cli, evaluate, model_card, push
+from beam_jobs import evaluate, model_card, push
+from beam_jobs.lib import cli, layout
 from tests import browser
 from tests.conftest import direct_options
 
@@ -24,7 +25,7 @@ def _card(*flags: str) -> tuple[int, str]:
 def pushed_2015(evaluated_2015, tmp_path_factory) -> pathlib.Path:
     """The blessed demo model of `evaluated_2015`, pushed: its version directory."""
     serving = tmp_path_factory.mktemp("serving_card")
-    candidate = json.loads((evaluated_2015 / evaluate.BLESSING_JSON).read_text())["candidate"]
+    candidate = json.loads((evaluated_2015 / layout.BLESSING_JSON).read_text())["candidate"]
     version = push.push(push.PushConfig(str(serving), candidate["path"], str(evaluated_2015)))
     return serving / str(version)
 

@@ -18,7 +18,8 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from beam_jobs import artifacts, cli, ingest, statistics, transform, validate
+from beam_jobs import ingest, statistics, transform, validate
+from beam_jobs.lib import artifacts, cli
 from tests.conftest import REPO_ROOT
 
 TINY_CSV = "id,product,state\n1,Mortgage,TX\n2,Credit card,CA\n3,Debt collection,NY\n4,Loan,WA\n"

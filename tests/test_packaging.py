@@ -20,7 +20,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.portability.stager import Stager
 
-from beam_jobs import artifacts
+from beam_jobs.lib import artifacts
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCHEMA = REPO_ROOT / "schemas" / "consumer_complaints" / "schema.pbtxt"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from beam_jobs import privacy
+from beam_jobs.lib import privacy
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,8 @@ import pytest
 import tensorflow as tf
 from click.testing import CliRunner
 
-from beam_jobs import artifacts, cli, push
+from beam_jobs import push
+from beam_jobs.lib import artifacts, cli, layout
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -40,10 +41,10 @@ def save_model(path: pathlib.Path, scale: float, padding_bytes: int = 0) -> path
 def write_evaluation(path: pathlib.Path, model_dir: pathlib.Path, blessed: bool) -> pathlib.Path:
     """An evaluation directory as beam_jobs.evaluate leaves it (blessing file, json, manifest)."""
     with artifacts.StagedOutput(str(path), "evaluate") as staged:
-        marker = push.BLESSED_FILE if blessed else push.NOT_BLESSED_FILE
+        marker = layout.BLESSED_FILE if blessed else layout.NOT_BLESSED_FILE
         pathlib.Path(staged.path(marker)).write_text("")
         artifacts.write_json(
-            staged.path(push.BLESSING_JSON),
+            staged.path(layout.BLESSING_JSON),
             {
                 "blessed": blessed,
                 "candidate": {
@@ -120,7 +121,7 @@ def test_push_copies_a_blessed_model_and_records_provenance(tmp_path):
     assert f"pushed version {version}" in result.output
     loaded = tf.saved_model.load(str(serving / str(version)))
     assert loaded.signatures["serving_default"](tf.constant([3.0]))["output_0"].numpy() == [6.0]
-    provenance = artifacts.read_json(str(serving / str(version) / push.PROVENANCE_FILE))
+    provenance = artifacts.read_json(str(serving / str(version) / layout.PROVENANCE_FILE))
     assert provenance["blessing"]["blessed"] is True
     assert provenance["evaluation"][0]["manifest"]["stage"] == "evaluate"
     assert [p.name for p in serving.iterdir()] == [str(version)]
@@ -206,7 +207,7 @@ def test_a_push_killed_mid_copy_leaves_no_loadable_half_model(tmp_path):
     (version,) = artifacts.serving_versions(str(serving))
     copied = {p.relative_to(serving / str(version)) for p in (serving / str(version)).rglob("*")}
     original = {p.relative_to(model) for p in model.rglob("*")}
-    assert copied - original == {pathlib.Path(push.PROVENANCE_FILE)}
+    assert copied - original == {pathlib.Path(layout.PROVENANCE_FILE)}
     assert original <= copied
 
 
@@ -303,7 +304,7 @@ def test_concurrent_pushes_of_the_same_second_claim_distinct_versions(tmp_path, 
     assert artifacts.serving_versions(str(serving)) == [1000, 1001, 1002, 1003]
     assert only_versions_left(serving)
     for version in outcomes:
-        provenance = artifacts.read_json(str(serving / str(version) / push.PROVENANCE_FILE))
+        provenance = artifacts.read_json(str(serving / str(version) / layout.PROVENANCE_FILE))
         assert provenance["version"] == version
 
 
@@ -350,7 +351,7 @@ _PUSH_ON_GO = """
 import os, sys, time
 import beam_jobs.push
 go = sys.argv.pop(1)
-beam_jobs.artifacts.directory_fingerprint(os.path.dirname(go))
+beam_jobs.lib.artifacts.directory_fingerprint(os.path.dirname(go))
 open(f"{go}.ready-{os.getpid()}", "w").close()
 while not os.path.exists(go):
     time.sleep(0.002)
@@ -510,5 +511,5 @@ def test_push_refuses_an_evaluation_without_its_blessing(pushed, tmp_path):
         f"--serving_dir={serving}",
     )
     assert result.exit_code == cli.EXIT_ERROR
-    assert_one_error_line(result.stderr, f"has no {push.BLESSING_JSON}")
+    assert_one_error_line(result.stderr, f"has no {layout.BLESSING_JSON}")
     assert snapshot(serving) == serving_before

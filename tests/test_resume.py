@@ -8,7 +8,8 @@ import time
 
 from click.testing import CliRunner
 
-from beam_jobs import artifacts, resume
+from beam_jobs import resume
+from beam_jobs.lib import artifacts
 
 
 def _stage_dir(path, content: str):

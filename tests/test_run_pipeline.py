@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from beam_jobs import artifacts
+from beam_jobs.lib import artifacts
 from tests.conftest import REPO_ROOT
 
 SCRIPT = REPO_ROOT / "scripts" / "run_pipeline.sh"

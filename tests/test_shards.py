@@ -15,7 +15,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing import test_pipeline, util
 
-from beam_jobs import ingest, shards
+from beam_jobs.lib import shards, splits
 from tests.conftest import direct_options
 
 NUM_SHARDS = {"train": 3, "eval": 2}
@@ -36,10 +36,10 @@ def keyed_item(line: int, kind: str) -> tuple[Any, Any]:
     rng = random.Random(line)
     data = rng.randbytes(rng.randrange(10, 400))
     group = rng.choice(sorted(NUM_SHARDS))
-    shard = ingest.fingerprint(data) % NUM_SHARDS[group]
+    shard = splits.fingerprint(data) % NUM_SHARDS[group]
     if kind == "tfrecord":
         return (group, shard), ((line % 4, line), data)
-    return (group, shard), ((ingest.fingerprint(data), data), json.dumps({"hex": data.hex()}))
+    return (group, shard), ((splits.fingerprint(data), data), json.dumps({"hex": data.hex()}))
 
 
 def shuffled_lines(count: int = 600) -> list[int]:
@@ -217,7 +217,7 @@ def test_tfrecord_files_of_many_chunks_read_back_in_tensorflow(tmp_path):
 
 
 def test_a_failed_write_in_the_writing_thread_fails_the_writer(tmp_path):
-    from beam_jobs import artifacts
+    from beam_jobs.lib import artifacts
 
     class FullDisk:
         def write(self, chunk: bytes) -> None:

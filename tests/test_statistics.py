@@ -9,7 +9,8 @@ import pytest
 from apache_beam.testing import test_pipeline
 from click.testing import CliRunner
 
-from beam_jobs import artifacts, cli, records, statistics
+from beam_jobs import statistics
+from beam_jobs.lib import artifacts, cli, layout, records, tfdv_io
 from tests import browser
 from tests.conftest import direct_options
 
@@ -71,7 +72,7 @@ def test_statistics_of_every_split_count_what_ingest_wrote(ingested_2015, statis
     assert manifest["inputs"]["examples"]["manifest_sha256"]
     assert manifest["parameters"]["slice_by"] == ["product"]
     for split in ("train", "eval"):
-        stats = statistics.load_statistics(str(statistics_2015 / split / statistics.STATS_FILE))
+        stats = tfdv_io.load_statistics(str(statistics_2015 / split / layout.STATS_FILE))
         assert statistics.example_count(stats) == written[split]
         whole = stats.datasets[0]
         assert whole.name == "All Examples"
@@ -79,7 +80,7 @@ def test_statistics_of_every_split_count_what_ingest_wrote(ingested_2015, statis
 
 
 def test_slice_by_adds_one_dataset_per_value_beside_the_whole_set(statistics_2015):
-    stats = statistics.load_statistics(str(statistics_2015 / "train" / statistics.STATS_FILE))
+    stats = tfdv_io.load_statistics(str(statistics_2015 / "train" / layout.STATS_FILE))
     names = [dataset.name for dataset in stats.datasets]
     slices = [dataset for dataset in stats.datasets if dataset.name.startswith("product_")]
     assert names[0] == "All Examples"
@@ -109,7 +110,7 @@ def test_build_pipeline_on_a_test_pipeline(tmp_path):
     staging = tmp_path / "staging"
     with test_pipeline.TestPipeline(options=direct_options()) as pipeline:
         statistics.build_pipeline(pipeline, config, ["train"], str(staging))
-    stats = statistics.load_statistics(str(staging / "train" / statistics.STATS_FILE))
+    stats = tfdv_io.load_statistics(str(staging / "train" / layout.STATS_FILE))
     assert statistics.example_count(stats) == 5
     assert json.loads((staging / ".counts.json").read_text()) == {"train": 5}
 
@@ -120,7 +121,7 @@ def test_sampling_still_counts_every_row(tmp_path):
         examples_dir=str(examples_dir), output_dir=str(tmp_path / "out"), sample_rate=0.25
     )
     manifest = statistics.run(config, direct_options())
-    stats = statistics.load_statistics(str(tmp_path / "out" / "train" / statistics.STATS_FILE))
+    stats = tfdv_io.load_statistics(str(tmp_path / "out" / "train" / layout.STATS_FILE))
     assert manifest["counts"]["examples"] == {"train": 400}
     assert 0 < statistics.example_count(stats) < 400
 

@@ -22,7 +22,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from beam_jobs import artifacts, ingest, transform
+from beam_jobs import ingest, transform
+from beam_jobs.lib import artifacts, layout
 from model import features, train
 from model import model as demo_model
 from tests.conftest import CURATED_SCHEMA, REPO_ROOT, direct_options
@@ -91,7 +92,7 @@ def _labels(examples: list[bytes]) -> np.ndarray:
 
 
 def _serve(export_path: str, examples: list[bytes], batch: int = 2048) -> np.ndarray:
-    serving = tf.saved_model.load(export_path).signatures[train.SERVING_SIGNATURE]
+    serving = tf.saved_model.load(export_path).signatures[layout.SERVING_SIGNATURE]
     scores = [
         serving(examples=tf.constant(examples[start : start + batch]))["outputs"].numpy()
         for start in range(0, len(examples), batch)
@@ -243,7 +244,7 @@ def test_transform_features_signature_returns_transformed_features(
 ):
     export = tf.saved_model.load(_manifest(trained_2015["output_dir"])["export_path"])
     examples = _raw_examples(ingested_2015_curated)[:20]
-    transformed = export.signatures[train.TRANSFORM_SIGNATURE](examples=tf.constant(examples))
+    transformed = export.signatures[layout.TRANSFORM_SIGNATURE](examples=tf.constant(examples))
     assert transformed["product_xf"].shape == (20, features.ONE_HOT_FEATURES["product"] + 2)
     np.testing.assert_array_equal(
         transformed[features.transformed_name(LABEL)].numpy(), _labels(examples)
@@ -291,7 +292,7 @@ def test_killed_training_resumes_from_checkpoint(transformed_2015, tmp_path):
     finally:
         process.wait()
     assert not (output_dir / artifacts.MANIFEST_FILE).exists()
-    assert not list((output_dir / train.SERVING_MODEL_DIR).glob("[0-9]*"))
+    assert not list((output_dir / layout.SERVING_MODEL_DIR).glob("[0-9]*"))
 
     log = _train(transformed_2015, output_dir, *flags)
     counts = _manifest(output_dir)["counts"]

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from beam_jobs import artifacts, cli, ingest, transform, user_code
+from beam_jobs import ingest, transform
+from beam_jobs.lib import artifacts, cli, layout, user_code
 from model import features
 from tests.conftest import CURATED_SCHEMA, direct_options
 
@@ -32,7 +33,7 @@ def _files(directory: pathlib.Path) -> dict[str, bytes]:
 
 
 def _examples(transform_dir: pathlib.Path, split: str) -> list[tf.train.Example]:
-    pattern = str(transform_dir / transform.TRANSFORMED_EXAMPLES_DIR / split / "*.tfrecord.gz")
+    pattern = str(transform_dir / layout.TRANSFORMED_EXAMPLES_DIR / split / "*.tfrecord.gz")
     return [
         tf.train.Example.FromString(record)
         for metadata in artifacts.list_files(pattern)
@@ -139,7 +140,7 @@ def test_two_runs_give_identical_assets_and_examples(
         output_dir=str(rerun_dir),
     )
     transform.run(config, direct_options())
-    for subdir in ("transform_fn/assets", transform.TRANSFORMED_EXAMPLES_DIR):
+    for subdir in ("transform_fn/assets", layout.TRANSFORMED_EXAMPLES_DIR):
         first, second = _files(transformed_2015 / subdir), _files(rerun_dir / subdir)
         assert first and first == second, subdir
 

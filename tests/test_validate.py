@@ -11,7 +11,8 @@ import pytest
 import tensorflow_data_validation as tfdv
 from click.testing import CliRunner
 
-from beam_jobs import artifacts, cli, ingest, statistics, validate
+from beam_jobs import ingest, statistics, validate
+from beam_jobs.lib import artifacts, cli, layout, tfdv_io
 from tests.conftest import REPO_ROOT, direct_options
 
 CURATED_SCHEMA = REPO_ROOT / "schemas" / "consumer_complaints" / "schema.pbtxt"
@@ -94,7 +95,7 @@ def test_curated_thresholds_hold_between_the_2015_splits(stats_2015):
     """The drift and skew thresholds pass on train vs eval of the same data, as the schema says."""
     schema = tfdv.load_schema_text(str(CURATED_SCHEMA))
     train, eval_ = (
-        statistics.load_statistics(str(stats_2015 / split / statistics.STATS_FILE))
+        tfdv_io.load_statistics(str(stats_2015 / split / layout.STATS_FILE))
         for split in ("train", "eval")
     )
     drift = validate.validate_split(eval_, schema, "TRAINING", baseline=train)

@@ -12,8 +12,8 @@ from collections.abc import Iterable, Mapping
 import tensorflow as tf
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from beam_jobs import artifacts
-from beam_jobs.cli import JobError
+from beam_jobs.lib import artifacts
+from beam_jobs.lib.cli import JobError
 
 __all__ = ["MANIFEST_KEY", "check_against_schema", "recorded_or_sampled", "types_in_examples"]
 

@@ -27,7 +27,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.windowed_value import WindowedValue
 
-from beam_jobs import artifacts
+from beam_jobs.lib import artifacts
 
 __all__ = [
     "DEFAULT_BUFFER_BYTES",

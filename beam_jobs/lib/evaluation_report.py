@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from tensorflow_model_analysis.proto import metrics_for_slice_pb2
 from tensorflow_model_analysis.slicer import slicer_lib
 
-from beam_jobs import reports
+from beam_jobs.lib import reports
 
 __all__ = [
     "OVERALL",

@@ -30,7 +30,7 @@ import google_crc32c
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from beam_jobs.cli import JobError
+from beam_jobs.lib.cli import JobError
 
 __all__ = [
     "EXAMPLES_STAGES",

@@ -18,7 +18,7 @@ from typing import Any
 import click
 import pyarrow as pa
 
-from beam_jobs import cli
+from beam_jobs.lib import cli
 
 __all__ = [
     "KINDS",

@@ -40,8 +40,8 @@ from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 from tfx_bsl.coders import example_coder
 
-from beam_jobs import artifacts
-from beam_jobs.cli import JobError
+from beam_jobs.lib import artifacts
+from beam_jobs.lib.cli import JobError
 
 __all__ = [
     "COMPRESSIONS",

@@ -17,7 +17,7 @@ from typing import Any
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from beam_jobs.cli import JobError
+from beam_jobs.lib.cli import JobError
 
 __all__ = ["load_function", "parse_function_spec"]
 
