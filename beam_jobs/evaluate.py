@@ -42,6 +42,7 @@ from tfx_bsl.public import tfxio
 
 from beam_jobs.lib import artifacts, cli, evaluation_report, layout
 from beam_jobs.lib.blessing import marker_file, write_blessing
+from beam_jobs.lib.stage_run import WriteCounts, run_beam_stage
 
 __all__ = [
     "DEFAULT_EVAL_CONFIG",
@@ -74,7 +75,6 @@ DEFAULT_EVAL_CONFIG = str(
 REPORT_FILE = "report.html"
 # Examples scored in this process before the pipeline, to fail early on another data set's.
 _PROBE_EXAMPLES = 64
-_COUNTS_FILE = ".counts.json"
 _TELEMETRY = ["beam_jobs", STAGE]
 
 
@@ -445,7 +445,6 @@ def _shared_models(plan: EvaluatePlan) -> list[tfma.types.EvalSharedModel]:
 
 def build_pipeline(pipeline: beam.Pipeline, plan: EvaluatePlan, staging_dir: str) -> None:
     """Adds the evaluation to `pipeline`: TFMA's results under `<staging_dir>/tfma`, counts."""
-    counts_path = FileSystems.join(staging_dir, _COUNTS_FILE)
     rows = pipeline | "Evaluate" >> EvaluateExamples(
         file_pattern=plan.file_pattern,
         eval_config=plan.eval_config,
@@ -453,8 +452,10 @@ def build_pipeline(pipeline: beam.Pipeline, plan: EvaluatePlan, staging_dir: str
         output_path=FileSystems.join(staging_dir, layout.TFMA_DIR),
     )
     counts_key = layout.EXAMPLES_EVALUATED  # A local: workers may not see this module's globals.
-    _ = rows | "WriteCounts" >> beam.Map(
-        lambda found: artifacts.write_json(counts_path, {counts_key: found})
+    _ = (
+        rows
+        | "KeyCount" >> beam.Map(lambda found: (counts_key, found))
+        | "Counts" >> WriteCounts(staging_dir)
     )
 
 
@@ -688,11 +689,10 @@ def run(config: EvaluateConfig, options: PipelineOptions) -> dict[str, Any]:
         logging.info("evaluate: no baseline model: change thresholds skipped")
     logging.info("evaluate: %s on %s", config.model_dir, plan.file_pattern)
     with staged:
-        with beam.Pipeline(options=options) as pipeline:
-            build_pipeline(pipeline, plan, staged.staging_dir)
-        counts_path = staged.path(_COUNTS_FILE)
-        evaluated = artifacts.read_json(counts_path)[layout.EXAMPLES_EVALUATED]
-        FileSystems.delete([counts_path])
+        counts = run_beam_stage(
+            staged, options, lambda pipeline: build_pipeline(pipeline, plan, staged.staging_dir)
+        )
+        evaluated = counts[layout.EXAMPLES_EVALUATED]
         blessing = _write_outputs(staged, config, plan, evaluated)
         manifest = staged.publish(
             inputs=_inputs(config, plan),

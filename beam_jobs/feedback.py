@@ -50,6 +50,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from beam_jobs.lib import artifacts, cli, layout, records, shards, sources
 from beam_jobs.lib.example_json import example_from_json
 from beam_jobs.lib.splits import DEFAULT_SPLITS, Split, assign_split, parse_splits
+from beam_jobs.lib.stage_run import WriteCounts, run_beam_stage
 
 __all__ = [
     "DEFAULT_MIN_IMPLICIT_EVENTS",
@@ -85,7 +86,6 @@ UNMATCHED_DIR = "unmatched"
 _RESERVED_SPLITS = (PROVENANCE_DIR, UNMATCHED_DIR, layout.REJECTED_DIR)
 _TRUE_TEXT = ("1", "true", "yes")
 _FALSE_TEXT = ("0", "false", "no")
-_COUNTS_FILE = ".counts.json"
 _EPOCH = datetime.datetime.min.replace(tzinfo=datetime.UTC)
 _JSONL = layout.JSONL_SUFFIX
 _PREDICTIONS, _FEEDBACK, _TALLY = "predictions", "feedback", "tally"
@@ -423,19 +423,12 @@ def build_pipeline(pipeline: beam.Pipeline, plan: FeedbackPlan, staging_dir: str
                 staging_dir, lambda _: 1, (directory, _JSONL), shards.write_jsonl_shard
             )
         )
-    counts_path = FileSystems.join(staging_dir, _COUNTS_FILE)
     _ = (
-        (
-            *written,
-            relabelled["tally"],
-            _count(rows, "feedback_read"),
-            _count(predictions, "predictions_read"),
-        )
-        | "FlattenCounts" >> beam.Flatten()
-        | "SumCounts" >> beam.CombinePerKey(sum)
-        | "CountsToDict" >> beam.combiners.ToDict()
-        | "WriteCounts" >> beam.Map(lambda counts: artifacts.write_json(counts_path, counts))
-    )
+        *written,
+        relabelled["tally"],
+        _count(rows, "feedback_read"),
+        _count(predictions, "predictions_read"),
+    ) | "Counts" >> WriteCounts(staging_dir)
 
 
 def plan_feedback(config: FeedbackConfig) -> FeedbackPlan:
@@ -480,22 +473,15 @@ def plan_feedback(config: FeedbackConfig) -> FeedbackPlan:
     )
 
 
-def _complete_shards(staging_dir: str, plan: FeedbackPlan) -> None:
-    """Writes empty files where nothing fell, so every split and aside has its file."""
-    for split in plan.splits:
-        shards.fill_missing_shards(
-            FileSystems.join(staging_dir, split.name),
-            layout.EXAMPLES_FILE,
-            1,
-            shards.write_tfrecord_shard,
-        )
-    for directory in (PROVENANCE_DIR, UNMATCHED_DIR, layout.REJECTED_DIR):
-        shards.fill_missing_shards(
-            FileSystems.join(staging_dir, directory),
-            (directory, _JSONL),
-            1,
-            shards.write_jsonl_shard,
-        )
+def _shard_sets(plan: FeedbackPlan) -> list[shards.ShardSet]:
+    """Every file the output names: one per split, and one per aside."""
+    return [
+        *(shards.ShardSet(split.name, layout.EXAMPLES_FILE, 1) for split in plan.splits),
+        *(
+            shards.ShardSet(directory, (directory, _JSONL), 1, shards.write_jsonl_shard)
+            for directory in (PROVENANCE_DIR, UNMATCHED_DIR, layout.REJECTED_DIR)
+        ),
+    ]
 
 
 def _manifest_counts(raw: Mapping[str, int], plan: FeedbackPlan) -> dict[str, Any]:
@@ -559,13 +545,11 @@ def run(config: FeedbackConfig, options: PipelineOptions) -> dict[str, Any]:
         config.predictions,
     )
     with staged:
-        with beam.Pipeline(options=options) as pipeline:
-            build_pipeline(pipeline, plan, staged.staging_dir)
-        counts_path = staged.path(_COUNTS_FILE)
-        raw = artifacts.read_json(counts_path)
-        FileSystems.delete([counts_path])
+        raw = run_beam_stage(
+            staged, options, lambda pipeline: build_pipeline(pipeline, plan, staged.staging_dir)
+        )
         counts = _manifest_counts(raw, plan)
-        _complete_shards(staged.staging_dir, plan)
+        shards.complete_shards(staged.staging_dir, _shard_sets(plan))
         manifest = staged.publish(
             inputs={
                 "predictions": artifacts.input_fingerprint(config.predictions),

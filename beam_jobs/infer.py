@@ -48,6 +48,7 @@ from tfx_bsl.public.proto import model_spec_pb2
 from beam_jobs.lib import artifacts, cli, layout, records, shards, sources
 from beam_jobs.lib.example_json import example_to_json
 from beam_jobs.lib.splits import fingerprint
+from beam_jobs.lib.stage_run import WriteCounts, run_beam_stage
 
 __all__ = [
     "InferConfig",
@@ -368,14 +369,7 @@ def build_pipeline(pipeline: beam.Pipeline, plan: InferPlan, staging_dir: str) -
     read_count = converted.rows_read | "KeyRowsRead" >> beam.Map(
         lambda count: (layout.ROWS_READ, count)
     )
-    counts_path = FileSystems.join(staging_dir, layout.COUNTS_FILE)
-    _ = (
-        (read_count, written, logs_written, rejected)
-        | "FlattenCounts" >> beam.Flatten()
-        | "SumCounts" >> beam.CombinePerKey(sum)
-        | "CountsToDict" >> beam.combiners.ToDict()
-        | "WriteCounts" >> beam.Map(lambda counts: artifacts.write_json(counts_path, counts))
-    )
+    _ = (read_count, written, logs_written, rejected) | "Counts" >> WriteCounts(staging_dir)
 
 
 def plan_infer(config: InferConfig) -> InferPlan:
@@ -415,27 +409,23 @@ def plan_infer(config: InferConfig) -> InferPlan:
     )
 
 
-def _complete_shards(staging_dir: str, num_shards: int) -> None:
-    """Writes empty files where no row fell, so every shard named exists."""
-    for file_name, write in (
-        (_PREDICTIONS_FILE, shards.write_jsonl_shard),
-        (_LOGS_FILE, shards.write_tfrecord_shard),
-        (layout.REJECTED_FILE, shards.write_jsonl_shard),
-    ):
-        count = 1 if file_name[0] == layout.REJECTED_DIR else num_shards
-        directory = FileSystems.join(staging_dir, file_name[0])
-        shards.fill_missing_shards(directory, file_name, count, write)
+def _shard_sets(num_shards: int) -> list[shards.ShardSet]:
+    """Every shard the output names: predictions, prediction logs, rejected records."""
+    return [
+        shards.ShardSet(
+            layout.PREDICTIONS_DIR, _PREDICTIONS_FILE, num_shards, shards.write_jsonl_shard
+        ),
+        shards.ShardSet(layout.PREDICTION_LOGS_DIR, _LOGS_FILE, num_shards),
+        shards.ShardSet(layout.REJECTED_DIR, layout.REJECTED_FILE, 1, shards.write_jsonl_shard),
+    ]
 
 
-def _read_counts(staged: artifacts.StagedOutput, config: InferConfig) -> dict[str, int]:
+def _check_counts(raw: dict[str, int], config: InferConfig) -> dict[str, int]:
     """Rows read, predicted and rejected, checked to add up.
 
     Raises:
         cli.JobError: the counts do not add up, or there was no row.
     """
-    counts_path = staged.path(layout.COUNTS_FILE)
-    raw = artifacts.read_json(counts_path)
-    FileSystems.delete([counts_path])
     counts = {
         layout.ROWS_READ: raw.get(layout.ROWS_READ, 0),
         ROWS_PREDICTED: raw.get(layout.PREDICTIONS_DIR, 0),
@@ -478,10 +468,11 @@ def run(config: InferConfig, options: PipelineOptions) -> dict[str, Any]:
         plan.input_format,
     )
     with staged:
-        with beam.Pipeline(options=options) as pipeline:
-            build_pipeline(pipeline, plan, staged.staging_dir)
-        counts = _read_counts(staged, config)
-        _complete_shards(staged.staging_dir, plan.num_shards)
+        raw = run_beam_stage(
+            staged, options, lambda pipeline: build_pipeline(pipeline, plan, staged.staging_dir)
+        )
+        counts = _check_counts(raw, config)
+        shards.complete_shards(staged.staging_dir, _shard_sets(plan.num_shards))
         read, rejected = counts[layout.ROWS_READ], counts[layout.ROWS_REJECTED]
         sources.publish_if_too_many_rejected(staged, read, rejected, config.max_rejected_fraction)
         manifest = staged.publish(

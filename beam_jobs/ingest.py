@@ -31,6 +31,7 @@ from beam_jobs.lib.splits import (
     parse_splits,
     split_of_fingerprint,
 )
+from beam_jobs.lib.stage_run import WriteCounts, run_beam_stage
 
 __all__ = [
     "IngestConfig",
@@ -187,31 +188,18 @@ def build_pipeline(pipeline: beam.Pipeline, plan: IngestPlan, staging_dir: str) 
             types_path, {name: ColumnType(kind).name for name, kind in types.items()}
         )
     )
-    counts_path = FileSystems.join(staging_dir, layout.COUNTS_FILE)
-    _ = (
-        (read_count, written, rejected, converted.scrubbed)
-        | "FlattenCounts" >> beam.Flatten()
-        | "SumCounts" >> beam.CombinePerKey(sum)
-        | "CountsToDict" >> beam.combiners.ToDict()
-        | "WriteCounts" >> beam.Map(lambda counts: artifacts.write_json(counts_path, counts))
-    )
+    _ = (read_count, written, rejected, converted.scrubbed) | "Counts" >> WriteCounts(staging_dir)
 
 
-def _complete_shards(staging_dir: str, plan: IngestPlan) -> None:
-    """Writes empty shard files where no row fell, so every split has all its named shards."""
-    for split in plan.splits:
-        shards.fill_missing_shards(
-            FileSystems.join(staging_dir, split.name),
-            layout.EXAMPLES_FILE,
-            plan.num_shards,
-            shards.write_tfrecord_shard,
-        )
-    shards.fill_missing_shards(
-        FileSystems.join(staging_dir, layout.REJECTED_DIR),
-        layout.REJECTED_FILE,
-        1,
-        shards.write_jsonl_shard,
-    )
+def _shard_sets(plan: IngestPlan) -> list[shards.ShardSet]:
+    """Every shard the output names: each split's examples, and the rejected rows."""
+    return [
+        *(
+            shards.ShardSet(split.name, layout.EXAMPLES_FILE, plan.num_shards)
+            for split in plan.splits
+        ),
+        shards.ShardSet(layout.REJECTED_DIR, layout.REJECTED_FILE, 1, shards.write_jsonl_shard),
+    ]
 
 
 def _check_counts(counts: dict[str, int], plan: IngestPlan, output_dir: str) -> None:
@@ -241,13 +229,14 @@ def run(config: IngestConfig, options: PipelineOptions) -> dict[str, Any]:
         "ingest: %d %s file(s), splits %s", len(plan.files), plan.input_format, plan.splits
     )
     with staged:
-        with beam.Pipeline(options=options) as pipeline:
-            build_pipeline(pipeline, plan, staged.staging_dir)
-        counts_path, types_path = staged.path(layout.COUNTS_FILE), staged.path(_TYPES_FILE)
-        counts, column_types = artifacts.read_json(counts_path), artifacts.read_json(types_path)
-        FileSystems.delete([counts_path, types_path])
+        counts = run_beam_stage(
+            staged, options, lambda pipeline: build_pipeline(pipeline, plan, staged.staging_dir)
+        )
+        types_path = staged.path(_TYPES_FILE)
+        column_types = artifacts.read_json(types_path)
+        FileSystems.delete([types_path])
         _check_counts(counts, plan, config.output_dir)
-        _complete_shards(staged.staging_dir, plan)
+        shards.complete_shards(staged.staging_dir, _shard_sets(plan))
         rows_read, rejected = counts.get(layout.ROWS_READ, 0), counts.get(layout.REJECTED_DIR, 0)
         if rows_read == 0:
             raise cli.JobError(f"--input={config.input} holds no rows")

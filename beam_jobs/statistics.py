@@ -28,6 +28,7 @@ from tensorflow_metadata.proto.v0 import statistics_pb2
 from tfx_bsl.public import tfxio
 
 from beam_jobs.lib import artifacts, cli, layout, reports, tfdv_io
+from beam_jobs.lib.stage_run import WriteCounts, run_beam_stage
 
 __all__ = [
     "HTML_FILE",
@@ -132,13 +133,7 @@ def build_pipeline(
         )
         for split in splits
     ]
-    counts_path = FileSystems.join(staging_dir, layout.COUNTS_FILE)
-    _ = (
-        counts
-        | "FlattenCounts" >> beam.Flatten()
-        | "CountsToDict" >> beam.combiners.ToDict()
-        | "WriteCounts" >> beam.Map(lambda found: artifacts.write_json(counts_path, found))
-    )
+    _ = counts | "Counts" >> WriteCounts(staging_dir)
 
 
 def _check_split(
@@ -210,11 +205,11 @@ def run(config: StatisticsConfig, options: PipelineOptions) -> dict[str, Any]:
         raise cli.JobError(f"--examples_dir={config.examples_dir}: its manifest names no splits")
     logging.info("statistics: splits %s of %s", splits, config.examples_dir)
     with staged:
-        with beam.Pipeline(options=options) as pipeline:
-            build_pipeline(pipeline, config, splits, staged.staging_dir)
-        counts_path = staged.path(layout.COUNTS_FILE)
-        rows_read = artifacts.read_json(counts_path)
-        FileSystems.delete([counts_path])
+        rows_read = run_beam_stage(
+            staged,
+            options,
+            lambda pipeline: build_pipeline(pipeline, config, splits, staged.staging_dir),
+        )
         examples, slices = {}, {}
         for split in splits:
             stats, slices[split] = _finish_split(staged, split, rows_read.get(split, 0), config)

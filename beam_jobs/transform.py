@@ -36,6 +36,7 @@ from tfx_bsl.public import tfxio
 
 from beam_jobs.lib import artifacts, cli, feature_types, layout, shards, user_code
 from beam_jobs.lib.splits import fingerprint
+from beam_jobs.lib.stage_run import WriteCounts, run_beam_stage
 
 __all__ = [
     "DEFAULT_PREPROCESSING_FN",
@@ -310,14 +311,8 @@ def build_pipeline(pipeline: beam.Pipeline, plan: TransformPlan, staging_dir: st
             artifacts.write_tfrecords,
         )
         for split in plan.transform_splits
-    ] | "FlattenCounts" >> beam.Flatten()
-    counts_path = FileSystems.join(staging_dir, layout.COUNTS_FILE)
-    _ = (
-        written
-        | "SumCounts" >> beam.CombinePerKey(sum)
-        | "CountsToDict" >> beam.combiners.ToDict()
-        | "WriteCounts" >> beam.Map(lambda counts: artifacts.write_json(counts_path, counts))
-    )
+    ]
+    _ = written | "Counts" >> WriteCounts(staging_dir)
 
 
 def _function_fingerprint(plan: TransformPlan) -> dict[str, Any]:
@@ -330,28 +325,26 @@ def _function_fingerprint(plan: TransformPlan) -> dict[str, Any]:
     return {"function": plan.preprocessing_fn_name, **fingerprint}
 
 
-def _complete_shards(staging_dir: str, plan: TransformPlan) -> None:
-    """Writes empty shard files where no example fell, so every split has all its shards."""
-    for split in plan.transform_splits:
-        shards.fill_missing_shards(
-            FileSystems.join(staging_dir, layout.TRANSFORMED_EXAMPLES_DIR, split),
+def _shard_sets(plan: TransformPlan) -> list[shards.ShardSet]:
+    """Every shard the output names: each transformed split's examples."""
+    return [
+        shards.ShardSet(
+            FileSystems.join(layout.TRANSFORMED_EXAMPLES_DIR, split),
             layout.EXAMPLES_FILE,
             plan.num_shards[split],
-            shards.write_tfrecord_shard,
         )
+        for split in plan.transform_splits
+    ]
 
 
-def _read_counts(
-    staged: artifacts.StagedOutput, plan: TransformPlan, config: TransformConfig
+def _check_counts(
+    written: dict[str, int], plan: TransformPlan, config: TransformConfig
 ) -> dict[str, int]:
     """The examples written per split, checked against the ingest manifest's rows_written.
 
     Raises:
         cli.JobError: a split lost or gained rows on the way.
     """
-    counts_path = staged.path(layout.COUNTS_FILE)
-    written = artifacts.read_json(counts_path) if FileSystems.exists(counts_path) else {}
-    FileSystems.delete([counts_path])
     counts = {split: written.get(split, 0) for split in plan.transform_splits}
     if counts != plan.expected_counts:
         raise cli.JobError(
@@ -382,12 +375,16 @@ def run(config: TransformConfig, options: PipelineOptions) -> dict[str, Any]:
     )
     with staged:
         temp_dir = staged.path(_TFT_TEMP_DIR)
-        with beam.Pipeline(options=options) as pipeline, tft_beam.Context(temp_dir=temp_dir):
-            build_pipeline(pipeline, plan, staged.staging_dir)
+        written = run_beam_stage(
+            staged,
+            options,
+            lambda pipeline: build_pipeline(pipeline, plan, staged.staging_dir),
+            context=tft_beam.Context(temp_dir=temp_dir),
+        )
         if tf.io.gfile.exists(temp_dir):
             tf.io.gfile.rmtree(temp_dir)
-        counts = _read_counts(staged, plan, config)
-        _complete_shards(staged.staging_dir, plan)
+        counts = _check_counts(written, plan, config)
+        shards.complete_shards(staged.staging_dir, _shard_sets(plan))
         metadata_io.write_metadata(
             tft.DatasetMetadata(plan.schema),
             staged.path(tft.TFTransformOutput.RAW_METADATA_DIR),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import heapq
 import operator
 import pickle
@@ -34,7 +35,9 @@ __all__ = [
     "DEFAULT_MERGE_FAN_IN",
     "RUNS_DIR_PREFIX",
     "RUNS_WRITTEN",
+    "ShardSet",
     "WriteSortedShards",
+    "complete_shards",
     "fill_missing_shards",
     "shard_path",
     "write_jsonl_shard",
@@ -94,6 +97,27 @@ def fill_missing_shards(
         path = shard_path(directory, prefix, shard, num_shards, suffix)
         if not FileSystems.exists(path):
             write_file(path, [])
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardSet:
+    """The shards of one kind in one folder of an output: `<directory>/<prefix>-i-of-n<suffix>`."""
+
+    directory: str
+    file_name: tuple[str, str]
+    num_shards: int
+    write_file: Callable[[str, Iterable[Any]], int] = write_tfrecord_shard
+
+
+def complete_shards(output_dir: str, shard_sets: Iterable[ShardSet]) -> None:
+    """Writes an empty file for every shard of `shard_sets` that no record fell in."""
+    for shard_set in shard_sets:
+        fill_missing_shards(
+            FileSystems.join(output_dir, shard_set.directory),
+            shard_set.file_name,
+            shard_set.num_shards,
+            shard_set.write_file,
+        )
 
 
 def _write_run(path: str, items: Iterable[Keyed]) -> None:
