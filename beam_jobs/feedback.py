@@ -424,11 +424,15 @@ def build_pipeline(pipeline: beam.Pipeline, plan: FeedbackPlan, staging_dir: str
             )
         )
     _ = (
-        *written,
-        relabelled["tally"],
-        _count(rows, "feedback_read"),
-        _count(predictions, "predictions_read"),
-    ) | "Counts" >> WriteCounts(staging_dir)
+        (
+            *written,
+            relabelled["tally"],
+            _count(rows, "feedback_read"),
+            _count(predictions, "predictions_read"),
+        )
+        | "FlattenCounts" >> beam.Flatten()
+        | "Counts" >> WriteCounts(staging_dir)
+    )
 
 
 def plan_feedback(config: FeedbackConfig) -> FeedbackPlan:

@@ -369,7 +369,11 @@ def build_pipeline(pipeline: beam.Pipeline, plan: InferPlan, staging_dir: str) -
     read_count = converted.rows_read | "KeyRowsRead" >> beam.Map(
         lambda count: (layout.ROWS_READ, count)
     )
-    _ = (read_count, written, logs_written, rejected) | "Counts" >> WriteCounts(staging_dir)
+    _ = (
+        (read_count, written, logs_written, rejected)
+        | "FlattenCounts" >> beam.Flatten()
+        | "Counts" >> WriteCounts(staging_dir)
+    )
 
 
 def plan_infer(config: InferConfig) -> InferPlan:

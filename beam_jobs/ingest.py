@@ -188,7 +188,11 @@ def build_pipeline(pipeline: beam.Pipeline, plan: IngestPlan, staging_dir: str) 
             types_path, {name: ColumnType(kind).name for name, kind in types.items()}
         )
     )
-    _ = (read_count, written, rejected, converted.scrubbed) | "Counts" >> WriteCounts(staging_dir)
+    _ = (
+        (read_count, written, rejected, converted.scrubbed)
+        | "FlattenCounts" >> beam.Flatten()
+        | "Counts" >> WriteCounts(staging_dir)
+    )
 
 
 def _shard_sets(plan: IngestPlan) -> list[shards.ShardSet]:

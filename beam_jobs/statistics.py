@@ -133,7 +133,7 @@ def build_pipeline(
         )
         for split in splits
     ]
-    _ = counts | "Counts" >> WriteCounts(staging_dir)
+    _ = counts | "FlattenCounts" >> beam.Flatten() | "Counts" >> WriteCounts(staging_dir)
 
 
 def _check_split(

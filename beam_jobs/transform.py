@@ -312,7 +312,7 @@ def build_pipeline(pipeline: beam.Pipeline, plan: TransformPlan, staging_dir: st
         )
         for split in plan.transform_splits
     ]
-    _ = written | "Counts" >> WriteCounts(staging_dir)
+    _ = written | "FlattenCounts" >> beam.Flatten() | "Counts" >> WriteCounts(staging_dir)
 
 
 def _function_fingerprint(plan: TransformPlan) -> dict[str, Any]:

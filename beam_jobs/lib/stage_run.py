@@ -8,7 +8,7 @@ file before anything is published; then check them, complete the shards and publ
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import apache_beam as beam
@@ -19,23 +19,18 @@ from beam_jobs.lib import artifacts, layout
 
 __all__ = ["WriteCounts", "read_counts", "run_beam_stage"]
 
-Counts = beam.PCollection | Iterable[beam.PCollection]
 
-
-class WriteCounts(beam.PTransform[Counts, beam.PCollection]):
+class WriteCounts(beam.PTransform[beam.PCollection[tuple[str, int]], beam.PCollection[None]]):
     """(name, count) pairs, summed per name → one JSON object `{name: count}` in `.counts.json`.
 
-    Takes one PCollection or several (flattened first). The file is written once, by one worker,
-    even when no count came (an empty object then).
+    The file is written once, by one worker, even when no count came (an empty object then).
     """
 
     def __init__(self, staging_dir: str) -> None:
         super().__init__()
         self._path = FileSystems.join(staging_dir, layout.COUNTS_FILE)
 
-    def expand(self, counts: Counts) -> beam.PCollection:
-        if not isinstance(counts, beam.PCollection):
-            counts = tuple(counts) | "FlattenCounts" >> beam.Flatten()
+    def expand(self, counts: beam.PCollection[tuple[str, int]]) -> beam.PCollection[None]:
         path = self._path  # A local: workers may not see this object's attributes pickled alike.
         return (
             counts
