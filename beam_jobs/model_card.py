@@ -31,11 +31,10 @@ import tensorflow as tf
 import tensorflow_model_analysis as tfma
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 from tensorflow_model_analysis.writers import eval_config_writer
 
-from beam_jobs.lib import artifacts, cli, evaluation_report, layout, reports
+from beam_jobs.lib import artifacts, cli, evaluation_report, layout, reports, tfdv_io
 from beam_jobs.lib.blessing import EVALUATE_STAGE, read_blessing
 from beam_jobs.lib.provenance import manifest_chain, training_dir_of
 
@@ -452,8 +451,7 @@ def _schema_section(sources: Sources) -> list[str]:
     schema_path = ((sources.transform or {}).get("inputs", {}).get("schema") or {}).get("path")
     if not schema_path or not FileSystems.exists(schema_path):
         return ["<h2>Schema</h2>", "<p>The transform's schema was not found.</p>"]
-    with FileSystems.open(schema_path) as handle:
-        schema = text_format.Parse(handle.read().decode("utf-8"), schema_pb2.Schema())
+    schema = tfdv_io.read_schema(schema_path)
     domains = {domain.name: len(domain.value) for domain in schema.string_domain}
     rows = []
     for feature in schema.feature:

@@ -19,7 +19,6 @@ concurrent push takes the next one, and a push that fails leaves nothing in the 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import logging
 import os
 import shutil
@@ -45,8 +44,6 @@ ROLLED_BACK_DIR = ".rolled_back"
 STAGING_PREFIX = ".pushing-"
 # Versions tried in a row before giving up, when concurrent pushes keep taking the next one.
 _MAX_VERSION_ATTEMPTS = 8
-# rename() errors that mean "that version exists already": try the next one.
-_TAKEN_ERRNOS = (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR)
 _COPY_CHUNK_BYTES = 8 << 20
 
 
@@ -188,30 +185,6 @@ def _copy_files(source: str, destination: str, entries: list[_Entry]) -> None:
     )
 
 
-def _move_into_place(staging: str, destination: str) -> bool:
-    """Renames a finished copy to its version; False if that version exists already."""
-    if _is_local(destination):
-        try:
-            os.rename(staging, destination)
-        except OSError as error:
-            if error.errno in _TAKEN_ERRNOS:
-                return False
-            raise
-        return True
-    # Object stores have no rename of a folder, nor an atomic claim: move file by file,
-    # saved_model.pb last, since Serving loads nothing before that file exists.
-    if artifacts.list_files(FileSystems.join(destination, "**")):
-        return False
-    prefix = staging.rstrip("/") + "/"
-    files = sorted(
-        (metadata.path for metadata in artifacts.list_files(prefix + "**")),
-        key=lambda path: path.endswith("/" + layout.SAVED_MODEL_FILE),
-    )
-    for path in files:
-        FileSystems.rename([path], [FileSystems.join(destination, path[len(prefix) :])])
-    return True
-
-
 def _newest_taken(serving_dir: str) -> int:
     """The largest version name under a serving dir (any entry named by digits), or 0."""
     if _is_local(serving_dir):
@@ -234,9 +207,14 @@ def _claim_version(staging: str, serving_dir: str, record: dict[str, Any], first
         artifacts.write_json(
             FileSystems.join(staging, layout.PROVENANCE_FILE), {**record, "version": version}
         )
-        if _move_into_place(staging, FileSystems.join(serving_dir, str(version))):
-            return version
-        version = max(version, _newest_taken(serving_dir)) + 1
+        # Serving loads nothing before saved_model.pb exists; the rename (locally) is the claim.
+        destination = FileSystems.join(serving_dir, str(version))
+        try:
+            artifacts.move_directory(staging, destination, commit_file=layout.SAVED_MODEL_FILE)
+        except FileExistsError:
+            version = max(version, _newest_taken(serving_dir)) + 1
+            continue
+        return version
     raise cli.JobError(
         f"could not claim a version under {serving_dir}: concurrent pushes took "
         f"{_MAX_VERSION_ATTEMPTS} versions in a row; nothing was pushed, push again"

@@ -34,7 +34,7 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 from tensorflow_transform.tf_metadata import metadata_io
 from tfx_bsl.public import tfxio
 
-from beam_jobs.lib import artifacts, cli, feature_types, layout, shards, user_code
+from beam_jobs.lib import artifacts, cli, feature_types, layout, shards, tfdv_io, user_code
 from beam_jobs.lib.splits import fingerprint
 from beam_jobs.lib.stage_run import WriteCounts, run_beam_stage
 
@@ -98,10 +98,10 @@ def load_schema(path: str) -> schema_pb2.Schema:
     Raises:
         cli.JobError: the file is missing or is not a text-format schema.
     """
-    if not tf.io.gfile.exists(path):
-        raise cli.JobError(f"--schema={path}: file not found")
     try:
-        return text_format.Parse(tf.io.gfile.GFile(path).read(), schema_pb2.Schema())
+        return tfdv_io.read_schema(path)
+    except FileNotFoundError:
+        raise cli.JobError(f"--schema={path}: file not found") from None
     except text_format.ParseError as error:
         raise cli.JobError(f"--schema={path} is not a schema.pbtxt: {error}") from error
 

@@ -106,7 +106,7 @@ def load_or_infer_schema(
     """
     if FileSystems.exists(schema_path):
         try:
-            return tfdv.load_schema_text(schema_path), False
+            return tfdv_io.read_schema(schema_path), False
         except Exception as error:  # text_format.ParseError, or a decoding error.
             raise cli.JobError(f"--schema={schema_path} is not a TFDV schema: {error}") from None
     source = TRAIN_SPLIT if TRAIN_SPLIT in by_split else next(iter(by_split))

@@ -281,16 +281,6 @@ def _signatures(
     }
 
 
-def _move_directory(source: str, destination: str) -> None:
-    """Renames a directory; on object stores, file by file with `saved_model.pb` last."""
-    if not FileSystems.get_scheme(source):
-        tf.io.gfile.rename(source, destination)
-        return
-    files = [meta.path for meta in artifacts.list_files(FileSystems.join(source, "**"))]
-    files.sort(key=lambda path: path.endswith("/saved_model.pb"))
-    FileSystems.rename(files, [destination + path[len(source) :] for path in files])
-
-
 def export_model(
     keras_model: tf.keras.Model,
     tf_transform_output: tft.TFTransformOutput,
@@ -310,7 +300,7 @@ def export_model(
     export_path = FileSystems.join(serving_dir, str(version))
     staging_path = FileSystems.join(serving_dir, f".{version}.staging")
     keras_model.save(staging_path, save_format="tf", signatures=signatures, include_optimizer=False)
-    _move_directory(staging_path, export_path)
+    artifacts.move_directory(staging_path, export_path, commit_file=layout.SAVED_MODEL_FILE)
     logging.info("train: exported %s", export_path)
     return export_path
 

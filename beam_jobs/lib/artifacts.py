@@ -11,6 +11,7 @@ someone's files or one of its inputs. All paths go through Beam's `FileSystems`,
 from __future__ import annotations
 
 import datetime
+import errno
 import hashlib
 import importlib.metadata
 import json
@@ -44,6 +45,7 @@ __all__ = [
     "file_fingerprint",
     "input_fingerprint",
     "list_files",
+    "move_directory",
     "package_versions",
     "read_json",
     "read_manifest",
@@ -71,6 +73,8 @@ _PINNED_PACKAGES = (
     "tf-keras",
     "tfx-bsl",
 )
+# rename() errors that mean "the destination holds something already".
+_TAKEN_ERRNOS = (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR)
 
 
 def utc_now() -> str:
@@ -182,6 +186,35 @@ def read_manifest(
 
 def _is_local(path: str) -> bool:
     return FileSystems.get_scheme(path) is None
+
+
+def move_directory(source: str, destination: str, *, commit_file: str) -> None:
+    """Moves a finished folder to `destination`, which must hold nothing yet: the one way every
+    job puts a folder into place.
+
+    Locally one rename, atomic. Object stores have no rename of a folder: the files move one by
+    one, `commit_file` (what readers wait for: a manifest, `saved_model.pb`) last.
+
+    Raises:
+        FileExistsError: `destination` holds something already; nothing was moved.
+    """
+    if _is_local(destination):
+        try:
+            os.rename(source, destination)
+        except OSError as error:
+            if error.errno in _TAKEN_ERRNOS:
+                raise FileExistsError(error.errno, "destination is taken", destination) from None
+            raise
+        return
+    if list_files(FileSystems.join(destination, "**")):
+        raise FileExistsError(errno.EEXIST, "destination is taken", destination)
+    prefix = source.rstrip("/") + "/"
+    files = sorted(
+        (metadata.path for metadata in list_files(prefix + "**")),
+        key=lambda path: path.endswith("/" + commit_file),
+    )
+    for path in files:
+        FileSystems.rename([path], [FileSystems.join(destination, path[len(prefix) :])])
 
 
 def delete_tree(path: str) -> None:
@@ -494,23 +527,17 @@ class StagedOutput:
                 replaced = f"{self.staging_dir}{_REPLACED_SUFFIX}"
                 os.rename(self.output_dir, replaced)
             os.makedirs(self._parent, exist_ok=True)
-            os.rename(self.staging_dir, self.output_dir)
+            move_directory(self.staging_dir, self.output_dir, commit_file=MANIFEST_FILE)
             if replaced:
                 shutil.rmtree(replaced, ignore_errors=True)
             return
-        # Object stores have no directory rename: un-commit the old output first (no crash below
-        # may leave a manifest over mixed files), then copy file by file, the manifest last.
+        # Object stores: un-commit the old output first (no crash below may leave a manifest over
+        # mixed files), then move the new one in, the manifest last.
         old_manifest = FileSystems.join(self.output_dir, MANIFEST_FILE)
         if FileSystems.exists(old_manifest):
             FileSystems.delete([old_manifest])
         delete_tree(self.output_dir)
-        sources = [
-            metadata.path for metadata in list_files(FileSystems.join(self.staging_dir, "**"))
-        ]
-        sources.sort(key=lambda path: path.endswith("/" + MANIFEST_FILE))
-        destinations = [self.output_dir + source[len(self.staging_dir) :] for source in sources]
-        for source, destination in zip(sources, destinations, strict=True):
-            FileSystems.rename([source], [destination])
+        move_directory(self.staging_dir, self.output_dir, commit_file=MANIFEST_FILE)
 
 
 def _masked_crc32c(data: bytes) -> int:

@@ -40,7 +40,7 @@ from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 from tfx_bsl.coders import example_coder
 
-from beam_jobs.lib import artifacts
+from beam_jobs.lib import artifacts, tfdv_io
 from beam_jobs.lib.cli import JobError
 
 __all__ = [
@@ -239,12 +239,10 @@ def column_types_from_schema(schema_path: str) -> dict[str, ColumnType]:
     Raises:
         JobError: the file is missing or is not a schema.
     """
-    if not FileSystems.exists(schema_path):
-        raise JobError(f"--schema={schema_path} does not exist")
-    with FileSystems.open(schema_path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        text = handle.read().decode("utf-8")
     try:
-        schema = text_format.Parse(text, schema_pb2.Schema())
+        schema = tfdv_io.read_schema(schema_path)
+    except FileNotFoundError:
+        raise JobError(f"--schema={schema_path} does not exist") from None
     except text_format.ParseError as error:
         raise JobError(f"--schema={schema_path} is not a TFDV schema: {error}") from None
     return {
