@@ -533,7 +533,7 @@ def plan_evaluation(config: EvaluateConfig) -> EvaluatePlan:
     manifest = artifacts.read_manifest(
         config.examples_dir, flag="examples_dir", stages=artifacts.EXAMPLES_STAGES
     )
-    splits = list(manifest.get("splits") or [])
+    splits = manifest.splits
     if config.split not in splits:
         raise cli.JobError(
             f"--split={config.split}: {config.examples_dir} has splits {', '.join(splits)}"
@@ -552,7 +552,7 @@ def plan_evaluation(config: EvaluateConfig) -> EvaluatePlan:
         check_model_reads_examples(model, flag, file_pattern, spec)
     return EvaluatePlan(
         file_pattern=file_pattern,
-        expected_examples=manifest.get("counts", {}).get("rows_written", {}).get(config.split),
+        expected_examples=manifest.rows_written.get(config.split),
         eval_config=eval_config,
         candidate=candidate,
         baseline=baseline,

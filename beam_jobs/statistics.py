@@ -141,10 +141,10 @@ def _check_split(
     stats: statistics_pb2.DatasetFeatureStatisticsList,
     rows_read: int,
     config: StatisticsConfig,
-    ingest_manifest: dict[str, Any],
+    ingest_manifest: artifacts.Manifest,
 ) -> None:
     """Fails unless the rows read equal the rows ingest wrote (and TFDV counted, unsampled)."""
-    expected = ingest_manifest.get("counts", {}).get(layout.ROWS_WRITTEN, {}).get(split)
+    expected = ingest_manifest.rows_written.get(split)
     if expected is not None and rows_read != expected:
         raise cli.JobError(
             f"split {split}: read {rows_read} examples but ingest wrote {expected}; "
@@ -200,7 +200,7 @@ def run(config: StatisticsConfig, options: PipelineOptions) -> dict[str, Any]:
     ingest_manifest = artifacts.read_manifest(
         config.examples_dir, flag="examples_dir", stages=artifacts.EXAMPLES_STAGES
     )
-    splits = list(ingest_manifest.get("splits") or [])
+    splits = ingest_manifest.splits
     if not splits:
         raise cli.JobError(f"--examples_dir={config.examples_dir}: its manifest names no splits")
     logging.info("statistics: splits %s of %s", splits, config.examples_dir)

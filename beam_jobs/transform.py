@@ -128,7 +128,7 @@ def plan_transform(config: TransformConfig) -> TransformPlan:
     manifest = artifacts.read_manifest(
         config.examples_dir, flag="examples_dir", stages=artifacts.EXAMPLES_STAGES
     )
-    available = list(manifest["splits"])
+    available = manifest.splits
     analyze = _choose_splits(
         "analyze_splits", cli.split_list(config.analyze_splits), available, config.examples_dir
     )
@@ -138,7 +138,7 @@ def plan_transform(config: TransformConfig) -> TransformPlan:
         available,
         config.examples_dir,
     )
-    rows_written = manifest["counts"]["rows_written"]
+    rows_written = manifest.rows_written
     rows_analyzed = sum(rows_written[split] for split in analyze)
     if not rows_analyzed:
         raise cli.JobError(f"--analyze_splits={','.join(analyze)}: no rows to analyze")

@@ -66,7 +66,7 @@ class ValidateConfig:
 def _load_statistics_dir(stats_dir: str, flag: str) -> dict[str, StatsList]:
     """The unsliced statistics of every split of a statistics stage output."""
     manifest = artifacts.read_manifest(stats_dir, flag=flag, stages=("statistics",))
-    splits = manifest.get("splits") or []
+    splits = manifest.splits
     if not splits:
         raise cli.JobError(f"--{flag}={stats_dir}: its manifest names no splits")
     return {

@@ -305,7 +305,7 @@ def export_model(
     return export_path
 
 
-def _load_transform(config: TrainConfig) -> tuple[tft.TFTransformOutput, dict[str, Any]]:
+def _load_transform(config: TrainConfig) -> tuple[tft.TFTransformOutput, artifacts.Manifest]:
     """The finished transform output and its manifest; the label must be a transformed feature."""
     manifest = artifacts.read_manifest(
         config.transform_dir, flag="transform_dir", stages=("transform",)
@@ -330,9 +330,9 @@ def _hparams(config: TrainConfig) -> demo_model.HParams:
     return hparams
 
 
-def _train_examples(manifest: dict[str, Any], files: list[str]) -> int:
+def _train_examples(manifest: artifacts.Manifest, files: list[str]) -> int:
     """Training examples: as the transform manifest counted them, else counted here."""
-    counted = manifest.get("counts", {}).get("examples_transformed", {}).get(TRAIN_SPLIT)
+    counted = manifest.counts.get("examples_transformed", {}).get(TRAIN_SPLIT)
     if counted is not None:
         return int(counted)
     dataset = tf.data.TFRecordDataset(files, compression_type="GZIP")
@@ -390,7 +390,7 @@ def _fit(
     keras_model: tf.keras.Model,
     trainer: tf.keras.Model,
     tf_transform_output: tft.TFTransformOutput,
-    transform_manifest: dict[str, Any],
+    transform_manifest: artifacts.Manifest,
 ) -> dict[str, Any]:
     """Fits `trainer` (which trains `keras_model`) up to `train_steps` global steps.
 
@@ -487,7 +487,7 @@ def _privacy(dp_options: dp.DPOptions | None, config: TrainConfig, counts: dict[
     return record
 
 
-def run(config: TrainConfig) -> dict[str, Any]:
+def run(config: TrainConfig) -> artifacts.Manifest:
     """Trains, exports and writes the manifest (last).
 
     Returns:
@@ -526,25 +526,28 @@ def run(config: TrainConfig) -> dict[str, Any]:
     inputs = {"transform": artifacts.input_fingerprint(config.transform_dir)}
     if config.base_model:
         inputs["base_model"] = {"path": config.base_model}
-    manifest = {
-        "stage": STAGE,
-        "inputs": inputs,
-        "parameters": {**dataclasses.asdict(config), "hparams": dataclasses.asdict(hparams)},
-        "counts": {
+    manifest = artifacts.Manifest(
+        stage=STAGE,
+        inputs=inputs,
+        parameters={**dataclasses.asdict(config), "hparams": dataclasses.asdict(hparams)},
+        counts={
             **result["counts"],
             "batch_size": config.batch_size,
             "per_replica_batch_size": config.batch_size // replicas,
             "replicas": replicas,
             "devices": list(strategy.extended.worker_devices),
         },
-        "metrics": result["metrics"],
-        "privacy": _privacy(dp_options, config, result["counts"]),
-        "export_path": export_path,
-        "package_versions": artifacts.package_versions(),
-        "started_at": started_at,
-        "finished_at": artifacts.utc_now(),
-    }
-    artifacts.write_json(manifest_path, manifest)
+        package_versions=artifacts.package_versions(),
+        started_at=started_at,
+        finished_at=artifacts.utc_now(),
+        format_version=None,  # Training's manifest has never carried one.
+        extra={
+            "metrics": result["metrics"],
+            "privacy": _privacy(dp_options, config, result["counts"]),
+            "export_path": export_path,
+        },
+    )
+    artifacts.write_json(manifest_path, manifest.to_json())
     return manifest
 
 
@@ -634,10 +637,10 @@ def main(**flags: Any) -> None:
     manifest = run(TrainConfig(**flags))
     logging.info(
         "train: %d steps on %d replicas, eval %s -> %s",
-        manifest["counts"]["steps"],
-        manifest["counts"]["replicas"],
-        manifest["metrics"]["eval"],
-        manifest["export_path"],
+        manifest.counts["steps"],
+        manifest.counts["replicas"],
+        manifest.extra["metrics"]["eval"],
+        manifest.extra["export_path"],
     )
 
 

@@ -109,7 +109,7 @@ def trained_2015_steps(transformed_2015, tmp_path_factory):
             config = train.TrainConfig(
                 transform_dir=str(transformed_2015), output_dir=str(output_dir), train_steps=steps
             )
-            exports[steps] = pathlib.Path(train.run(config)["export_path"])
+            exports[steps] = pathlib.Path(train.run(config).extra["export_path"])
         return exports[steps]
 
     return export

@@ -304,9 +304,9 @@ def test_ingest_of_compressed_csv_writes_the_bytes_of_the_plain_ingest(tmp_path,
     flags = ("--max_rejected_fraction=1", "--num_shards=2")
     expected_manifest = run_ingest(plain, tmp_path / "plain", *flags)
     manifest = run_ingest(compressed, tmp_path / "compressed", *flags)
-    assert manifest["counts"] == expected_manifest["counts"]
-    assert manifest["counts"]["rows_rejected"] == 4
-    assert manifest["parameters"]["compression"] == "auto"
+    assert manifest.counts == expected_manifest.counts
+    assert manifest.counts["rows_rejected"] == 4
+    assert manifest.parameters["compression"] == "auto"
     assert outputs(tmp_path / "compressed", compressed) == outputs(tmp_path / "plain", plain)
 
 
@@ -319,7 +319,7 @@ def test_ingest_cli_compression_flag_and_compressed_jsonl(tmp_path):
         path = write(tmp_path / f"in-{len(flags)}" / name, gzip.compress(data))
         out = tmp_path / f"out-{len(flags)}"
         manifest = run_ingest(path, out, "--max_rejected_fraction=1", *flags)
-        assert manifest["counts"] == expected_manifest["counts"]
+        assert manifest.counts == expected_manifest.counts
         assert outputs(out, path) == expected
     help_text = CliRunner().invoke(ingest.main, ["--help"]).output
     assert "--compression" in help_text and "zstd" in help_text
@@ -353,7 +353,7 @@ def test_gzipped_tfrecord_input_still_reads(tmp_path):
     assert len(rows(gzipped, records.TFRECORD)) == 50
     run_ingest(plain, tmp_path / "plain")
     manifest = run_ingest(gzipped, tmp_path / "gz")
-    assert manifest["counts"]["rows_read"] == 50
+    assert manifest.counts["rows_read"] == 50
     assert outputs(tmp_path / "gz", gzipped) == outputs(tmp_path / "plain", plain)
 
 
@@ -363,8 +363,8 @@ def test_real_2015_data_gzipped_ingests_to_the_same_bytes(cfpb_2015_csv, ingeste
     config = ingest.IngestConfig(input=str(compressed), output_dir=str(tmp_path / "out"))
     manifest = ingest.run(config, direct_options())
     expected = artifacts.read_manifest(str(ingested_2015))
-    assert manifest["counts"] == expected["counts"]
-    assert manifest["counts"]["rows_read"] == 28_156
+    assert manifest.counts == expected.counts
+    assert manifest.counts["rows_read"] == 28_156
     assert outputs(tmp_path / "out", compressed) == outputs(ingested_2015, cfpb_2015_csv)
 
 
@@ -433,7 +433,7 @@ def test_infer_reads_compressed_csv_as_the_plain_file(tmp_path):
             id_column="complaint_id",
             max_rejected_fraction=1.0,
         )
-        counts = infer.run(config, direct_options())["counts"]
+        counts = infer.run(config, direct_options()).counts
         results[name] = counts, outputs(tmp_path / name, path)
     assert results["plain"][0]["rows_read"] == 300 and results["plain"][0]["rows_rejected"] == 4
     assert results["bz2"] == results["plain"] and results["gzip"] == results["plain"]
@@ -480,7 +480,7 @@ def test_feedback_reads_compressed_jsonl_as_the_plain_file(tmp_path):
             feedback=str(path),
             output_dir=str(tmp_path / name),
         )
-        counts = feedback.run(config, direct_options())["counts"]
+        counts = feedback.run(config, direct_options()).counts
         results[name] = counts, outputs(tmp_path / name, path)
     counts = results["plain"][0]
     assert counts["feedback_rows_read"] == 33 and counts["ids_labelled"] == 30
@@ -498,7 +498,7 @@ def test_feedback_compression_flag_and_its_refusal(tmp_path):
         feedback.main, [*args, "--compression=lzma", f"--output_dir={tmp_path / 'o'}"]
     )
     assert result.exit_code == 0, result.output
-    assert artifacts.read_manifest(str(tmp_path / "o"))["counts"]["ids_labelled"] == 1
+    assert artifacts.read_manifest(str(tmp_path / "o")).counts["ids_labelled"] == 1
     result = CliRunner().invoke(
         feedback.main,
         [*args, "--format=avro", "--compression=lzma", f"--output_dir={tmp_path / 'o2'}"],
@@ -588,7 +588,7 @@ def test_fuzzed_csv_reads_as_python_csv_and_the_same_compressed(tmp_path):
 
 def assert_counts_add_up(output_dir: pathlib.Path) -> None:
     """rows read = written + rejected, in the manifest and in the files themselves."""
-    counts = artifacts.read_manifest(str(output_dir))["counts"]
+    counts = artifacts.read_manifest(str(output_dir)).counts
     written = counts["rows_written"]
     assert counts["rows_read"] == sum(written.values()) + counts["rows_rejected"]
     for split, count in written.items():

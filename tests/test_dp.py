@@ -229,14 +229,14 @@ def test_dp_training_on_2015_data_reports_epsilon_and_learns(
     trained_2015_dp, ingested_2015_curated
 ):
     manifest = trained_2015_dp["manifest"]
-    privacy = manifest["privacy"]
-    train_examples = manifest["counts"]["train_examples"]
+    privacy = manifest.extra["privacy"]
+    train_examples = manifest.counts["train_examples"]
     assert train_examples == 18_741
     assert privacy["delta"] == pytest.approx(1e-5)  # 1/18,741 rounded down
     assert privacy["noise_multiplier"] == DP_2015["noise"]
     assert privacy["l2_norm_clip"] == DP_2015["clip"]
     assert privacy["microbatches"] == DP_2015["batch"] == privacy["batch_size"]
-    assert privacy["steps"] == manifest["counts"]["steps"] == DP_2015["steps"]
+    assert privacy["steps"] == manifest.counts["steps"] == DP_2015["steps"]
     assert privacy["epochs"] == pytest.approx(DP_2015["steps"] * DP_2015["batch"] / train_examples)
     expected = _independent_epsilon(
         DP_2015["batch"] / train_examples, DP_2015["noise"], DP_2015["steps"], 1e-5
@@ -249,7 +249,7 @@ def test_dp_training_on_2015_data_reports_epsilon_and_learns(
         f"trained in {trained_2015_dp['seconds']:.0f}s"
     )
     examples = _raw_examples(ingested_2015_curated)
-    auc = _auc(_labels(examples), _serve(manifest["export_path"], examples))
+    auc = _auc(_labels(examples), _serve(manifest.extra["export_path"], examples))
     print(
         f"DP model: AUC over {len(examples)} raw eval examples through serving_default: {auc:.4f}"
     )

@@ -26,8 +26,8 @@ def assert_one_line_error(result, *fragments: str) -> str:
 
 
 def test_ingest_records_each_features_type(ingested_2015, ingested_2015_curated):
-    inferred = artifacts.read_manifest(str(ingested_2015))["feature_types"]
-    curated = artifacts.read_manifest(str(ingested_2015_curated))["feature_types"]
+    inferred = artifacts.read_manifest(str(ingested_2015)).extra["feature_types"]
+    curated = artifacts.read_manifest(str(ingested_2015_curated)).extra["feature_types"]
     assert inferred["zip_code"] == "INT" and curated["zip_code"] == "BYTES"
     assert inferred["complaint_id"] == curated["complaint_id"] == "INT"
     assert inferred["product"] == "BYTES"
@@ -106,7 +106,7 @@ def test_evaluate_refuses_examples_the_model_cannot_read(
         ingest.IngestConfig(input=str(tmp_path / "other.csv"), output_dir=str(other)),
         direct_options(),
     )
-    written = artifacts.read_manifest(str(other))["counts"]["rows_written"]
+    written = artifacts.read_manifest(str(other)).counts["rows_written"]
     split = next(name for name, rows in written.items() if rows)
     result = CliRunner().invoke(
         evaluate.main,

@@ -173,7 +173,7 @@ def test_real_feedback_becomes_a_span_that_validates(predictions_2015, tmp_path)
         output_dir=str(output_dir),
         min_implicit_events=MIN_IMPLICIT,
     )
-    counts = feedback.run(config, direct_options())["counts"]
+    counts = feedback.run(config, direct_options()).counts
     written = counts.pop("rows_written")
     assert counts == {
         "feedback_rows_read": 92,
@@ -204,7 +204,7 @@ def test_real_feedback_becomes_a_span_that_validates(predictions_2015, tmp_path)
 
     provenance = {p["tracking_id"]: p for p in read_jsonl(output_dir / "provenance")}
     assert {i: (p["label"], p["rule"]) for i, p in provenance.items()} == expected
-    model = artifacts.read_manifest(str(predictions_2015))["model"]
+    model = artifacts.read_manifest(str(predictions_2015)).extra["model"]
     assert {p["model_version"] for p in provenance.values()} == {model["version"]}
     unmatched = read_jsonl(output_dir / "unmatched")
     assert [u["row"]["tracking_id"] for u in unmatched] == ["no-such-id-1", "no-such-id-2"]
@@ -251,10 +251,10 @@ def test_csv_feedback_and_cli(predictions_2015, tmp_path):
     )
     assert result.exit_code == 0, result.output
     manifest = artifacts.read_manifest(str(output_dir))
-    assert manifest["splits"] == ["all"]
-    assert manifest["counts"]["rows_written"] == {"all": 2}
-    assert manifest["counts"]["labels_by_rule"]["implicit"] == 1
-    assert manifest["counts"]["feedback_rows_unmatched"] == 1
+    assert manifest.splits == ["all"]
+    assert manifest.counts["rows_written"] == {"all": 2}
+    assert manifest.counts["labels_by_rule"]["implicit"] == 1
+    assert manifest.counts["feedback_rows_unmatched"] == 1
     help_text = CliRunner().invoke(feedback.main, ["--help"]).output
     for flag in ("--predictions", "--feedback", "--min_implicit_events", "--splits"):
         assert flag in help_text

@@ -68,13 +68,13 @@ def test_eval_split_scores_equal_serving_default(
 ):
     model_dir = trained_2015_steps(DEMO_TRAIN_STEPS)
     manifest = artifacts.read_manifest(str(predictions_2015))
-    eval_rows = artifacts.read_manifest(str(ingested_2015_curated))["counts"]["rows_written"]
-    assert manifest["counts"] == {
+    eval_rows = artifacts.read_manifest(str(ingested_2015_curated)).counts["rows_written"]
+    assert manifest.counts == {
         "rows_read": eval_rows["eval"],
         "rows_predicted": eval_rows["eval"],
         "rows_rejected": 0,
     }
-    assert manifest["model"] == {
+    assert manifest.extra["model"] == {
         "path": str(model_dir),
         "name": "serving_model",
         "version": int(model_dir.name),
@@ -142,8 +142,10 @@ def test_serving_dir_newest_version_hash_ids_and_rejects(
         ),
         direct_options(),
     )
-    assert manifest["model"]["name"] == "complaints" and manifest["model"]["version"] == 12
-    assert manifest["counts"] == {"rows_read": 60, "rows_predicted": 58, "rows_rejected": 2}
+    assert (
+        manifest.extra["model"]["name"] == "complaints" and manifest.extra["model"]["version"] == 12
+    )
+    assert manifest.counts == {"rows_read": 60, "rows_predicted": 58, "rows_rejected": 2}
     rejected = read_jsonl(output_dir / "rejected")
     assert [(r["line"], r["reason"]) for r in rejected] == [
         (

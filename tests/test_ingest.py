@@ -188,7 +188,7 @@ def test_ingest_small_csv_types_columns_over_the_whole_input(tmp_path):
     examples = sorted(
         (as_dict(e) for e in read_examples(output_dir / "all")), key=lambda d: d["complaint_id"]
     )
-    assert manifest["counts"] == {"rows_read": 4, "rows_rejected": 0, "rows_written": {"all": 4}}
+    assert manifest.counts == {"rows_read": 4, "rows_rejected": 0, "rows_written": {"all": 4}}
     # One masked ZIP code makes the whole column BYTES, as inference over the input must.
     assert [e.get("zip_code") for e in examples] == [[b"76119"], [b"2127"], None, [b"7611X"]]
     assert examples[0]["complaint_id"] == [1]
@@ -197,9 +197,9 @@ def test_ingest_small_csv_types_columns_over_the_whole_input(tmp_path):
 
 def test_ingest_real_2015_data(ingested_2015, cfpb_2015_csv):
     manifest = artifacts.read_manifest(str(ingested_2015))
-    written = manifest["counts"]["rows_written"]
-    assert manifest["counts"]["rows_read"] == 28_156
-    assert manifest["counts"]["rows_rejected"] == 0
+    written = manifest.counts["rows_written"]
+    assert manifest.counts["rows_read"] == 28_156
+    assert manifest.counts["rows_rejected"] == 0
     assert sum(written.values()) == 28_156
     assert written["train"] / 28_156 == pytest.approx(2 / 3, abs=0.01)
     examples = read_examples(ingested_2015 / "train") + read_examples(ingested_2015 / "eval")
@@ -221,7 +221,7 @@ def test_ingest_real_2015_data(ingested_2015, cfpb_2015_csv):
         empty_sub_product = sum(1 for row in csv.DictReader(handle) if not row["Sub-product"])
     assert empty_sub_product == 10_574
     assert sum("sub_product" not in e.features.feature for e in examples) == empty_sub_product
-    assert manifest["inputs"]["raw"][0]["size"] == cfpb_2015_csv.stat().st_size
+    assert manifest.inputs["raw"][0]["size"] == cfpb_2015_csv.stat().st_size
     assert (ingested_2015 / "rejected").is_dir()
 
 
@@ -256,7 +256,7 @@ def test_corrupted_rows_are_rejected_with_reasons(tmp_path, cfpb_2015_csv):
     lenient, manifest = run_ingest(
         tmp_path / "lenient", input=str(corrupted), max_rejected_fraction=0.001
     )
-    counts = manifest["counts"]
+    counts = manifest.counts
     assert counts["rows_read"] == 28_156
     assert counts["rows_rejected"] == 3
     assert sum(counts["rows_written"].values()) + counts["rows_rejected"] == counts["rows_read"]
@@ -268,7 +268,7 @@ def test_three_splits_are_proportional_and_byte_identical(tmp_path, cfpb_2015_cs
         tmp_path / "a", input=str(cfpb_2015_csv), splits="train:6,eval:2,test:2"
     )
     second, _ = run_ingest(tmp_path / "b", input=str(cfpb_2015_csv), splits="train:6,eval:2,test:2")
-    written = manifest["counts"]["rows_written"]
+    written = manifest.counts["rows_written"]
     assert set(written) == {"train", "eval", "test"}
     for split, share in (("train", 0.6), ("eval", 0.2), ("test", 0.2)):
         assert written[split] / 28_156 == pytest.approx(share, abs=0.01)
@@ -286,7 +286,7 @@ def test_no_shard_is_left_empty_when_shards_and_split_weights_share_a_factor(
         shards = sorted((output_dir / split).iterdir())
         sizes = [len(list(artifacts.read_tfrecords(str(shard)))) for shard in shards]
         assert len(sizes) == 3
-        assert sum(sizes) == manifest["counts"]["rows_written"][split]
+        assert sum(sizes) == manifest.counts["rows_written"][split]
         assert min(sizes) > 0.3 * sum(sizes)
 
 
@@ -333,7 +333,7 @@ def test_other_formats_go_through_the_same_path(tmp_path, input_format):
         encoded = [records.encode_example(row, {}).SerializeToString() for row in rows]
         artifacts.write_tfrecords(str(path), encoded)
     output_dir, manifest = run_ingest(tmp_path, input=str(path), splits="all:1")
-    assert manifest["parameters"]["input_format"] == input_format
+    assert manifest.parameters["input_format"] == input_format
     examples = sorted(
         (as_dict(e) for e in read_examples(output_dir / "all")), key=lambda d: d["id"]
     )
@@ -349,7 +349,7 @@ def test_bad_json_lines_are_rejected(tmp_path):
     output_dir, manifest = run_ingest(
         tmp_path, input=str(path), splits="all:1", max_rejected_fraction=1.0
     )
-    assert manifest["counts"] == {"rows_read": 4, "rows_rejected": 2, "rows_written": {"all": 2}}
+    assert manifest.counts == {"rows_read": 4, "rows_rejected": 2, "rows_written": {"all": 2}}
     reasons = (output_dir / "rejected" / "rejected-00000-of-00001.jsonl").read_text()
     assert "invalid JSON" in reasons and "not a JSON object" in reasons
 
@@ -372,7 +372,7 @@ def test_presplit_input_keeps_the_given_splits(tmp_path):
     train = write(tmp_path / "train.csv", "id,product\n1,Mortgage\n2,Credit card\n")
     evaluation = write(tmp_path / "eval.csv", "id,product\n3,Payday loan\n")
     output_dir, manifest = run_ingest(tmp_path, input=f"train={train},eval={evaluation}")
-    assert manifest["counts"]["rows_written"] == {"train": 2, "eval": 1}
+    assert manifest.counts["rows_written"] == {"train": 2, "eval": 1}
     assert [as_dict(e)["product"] for e in read_examples(output_dir / "eval")] == [[b"Payday loan"]]
 
 
@@ -390,7 +390,7 @@ def test_schema_types_replace_inference_and_reject_misfits(tmp_path):
     ]
     rejected = (output_dir / "rejected" / "rejected-00000-of-00001.jsonl").read_text()
     assert "column 'id': 'x2' is not an integer (INT column)" in rejected
-    assert manifest["counts"]["rows_rejected"] == 1
+    assert manifest.counts["rows_rejected"] == 1
 
 
 @pytest.mark.parametrize(
@@ -425,7 +425,7 @@ def test_cli_forwards_beam_flags_and_rejects_stray_arguments(tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
-    assert artifacts.read_manifest(str(out))["counts"]["rows_read"] == 3
+    assert artifacts.read_manifest(str(out)).counts["rows_read"] == 3
     stray = CliRunner().invoke(ingest.main, [f"--input={path}", f"--output_dir={out}", "oops"])
     assert stray.exit_code == cli.EXIT_USAGE
     bad_splits = CliRunner().invoke(
@@ -466,7 +466,7 @@ def test_staged_output_keeps_a_failure_aside_and_publishes_nothing(tmp_path):
     with artifacts.StagedOutput(str(output_dir), "test") as staged:
         write(pathlib.Path(staged.path("part.txt")), "whole")
         staged.publish(inputs={}, parameters={}, counts={"n": 1})
-    assert artifacts.read_manifest(str(output_dir))["counts"] == {"n": 1}
+    assert artifacts.read_manifest(str(output_dir)).counts == {"n": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stage"]
 
 
@@ -500,8 +500,8 @@ def test_pii_is_dropped_and_scrubbed_everywhere(tmp_path):
         b"Card [CARD] was charged twice; call [PHONE]"
     ]
     assert all("customer_name" not in e for e in examples.values())
-    assert manifest["counts"]["pii_replacements"] == {"card": 1, "ssn": 1, "email": 1, "phone": 2}
-    assert manifest["counts"]["rows_rejected"] == 2
+    assert manifest.counts["pii_replacements"] == {"card": 1, "ssn": 1, "email": 1, "phone": 2}
+    assert manifest.counts["rows_rejected"] == 2
     everything = b"".join(p.read_bytes() for p in output_dir.rglob("*") if p.is_file())
     for secret in (
         b"jane.doe@example.com",

@@ -87,7 +87,7 @@ def test_worst_slices_have_the_lowest_auc_among_slices_with_enough_examples(eval
 
 
 def test_card_of_a_dp_model_reports_epsilon(trained_2015_dp, ingested_2015_curated, tmp_path):
-    export = trained_2015_dp["manifest"]["export_path"]
+    export = trained_2015_dp["manifest"].extra["export_path"]
     evaluation = tmp_path / "evaluation"
     config = evaluate.EvaluateConfig(
         model_dir=export, examples_dir=str(ingested_2015_curated), output_dir=str(evaluation)
@@ -100,7 +100,7 @@ def test_card_of_a_dp_model_reports_epsilon(trained_2015_dp, ingested_2015_curat
     )
     assert exit_code == 0, log
     text = html.unescape(output.read_text())
-    privacy = trained_2015_dp["manifest"]["privacy"]
+    privacy = trained_2015_dp["manifest"].extra["privacy"]
     assert f"ε = {privacy['epsilon']:.3g} at δ = 1e-05" in text
     assert "noise_multiplier" in text and "l2_norm_clip" in text
     assert "The (ε, δ) guarantee covers the model's weights" in text

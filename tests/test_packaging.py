@@ -123,4 +123,4 @@ def test_jobs_run_from_the_installed_package(worker_python, tmp_path):
         )
         assert result.returncode == 0, result.stderr[-2000:]
     manifest = artifacts.read_manifest(str(tmp_path / "transform"))
-    assert sum(manifest["counts"]["examples_transformed"].values()) == 300
+    assert sum(manifest.counts["examples_transformed"].values()) == 300

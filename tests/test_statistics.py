@@ -65,12 +65,12 @@ def statistics_2015(ingested_2015, tmp_path_factory) -> pathlib.Path:
 def test_statistics_of_every_split_count_what_ingest_wrote(ingested_2015, statistics_2015):
     ingest_manifest = artifacts.read_manifest(str(ingested_2015))
     manifest = artifacts.read_manifest(str(statistics_2015))
-    written = ingest_manifest["counts"]["rows_written"]
-    assert manifest["splits"] == ["train", "eval"]
-    assert manifest["counts"]["examples"] == written
+    written = ingest_manifest.counts["rows_written"]
+    assert manifest.splits == ["train", "eval"]
+    assert manifest.counts["examples"] == written
     assert sum(written.values()) == 28156
-    assert manifest["inputs"]["examples"]["manifest_sha256"]
-    assert manifest["parameters"]["slice_by"] == ["product"]
+    assert manifest.inputs["examples"]["manifest_sha256"]
+    assert manifest.parameters["slice_by"] == ["product"]
     for split in ("train", "eval"):
         stats = tfdv_io.load_statistics(str(statistics_2015 / split / layout.STATS_FILE))
         assert statistics.example_count(stats) == written[split]
@@ -122,7 +122,7 @@ def test_sampling_still_counts_every_row(tmp_path):
     )
     manifest = statistics.run(config, direct_options())
     stats = tfdv_io.load_statistics(str(tmp_path / "out" / "train" / layout.STATS_FILE))
-    assert manifest["counts"]["examples"] == {"train": 400}
+    assert manifest.counts["examples"] == {"train": 400}
     assert 0 < statistics.example_count(stats) < 400
 
 
@@ -179,7 +179,7 @@ def test_cli_writes_statistics_and_forwards_beam_flags(tmp_path):
     )
     assert result.exit_code == 0, result.output
     manifest = artifacts.read_manifest(str(tmp_path / "out"))
-    assert manifest["counts"] == {"datasets": {"train": 3}, "examples": {"train": 4}}
+    assert manifest.counts == {"datasets": {"train": 3}, "examples": {"train": 4}}
 
 
 def test_help_lists_the_job_flags():

@@ -105,11 +105,11 @@ def test_output_loads_with_tft_transform_output(transformed_2015):
 
 
 def test_counts_equal_ingest_counts_per_split(transformed_2015, ingested_2015_curated):
-    ingested = artifacts.read_manifest(str(ingested_2015_curated))["counts"]["rows_written"]
+    ingested = artifacts.read_manifest(str(ingested_2015_curated)).counts["rows_written"]
     manifest = artifacts.read_manifest(str(transformed_2015))
-    assert manifest["counts"][transform.EXAMPLES_TRANSFORMED] == ingested
-    assert manifest["counts"]["rows_analyzed"] == ingested["train"]
-    assert manifest["splits"] == ["train", "eval"]
+    assert manifest.counts[transform.EXAMPLES_TRANSFORMED] == ingested
+    assert manifest.counts["rows_analyzed"] == ingested["train"]
+    assert manifest.splits == ["train", "eval"]
     eval_examples = _examples(transformed_2015, "eval")
     assert len(eval_examples) == ingested["eval"]
     labels = [e.features.feature[XF(features.LABEL_KEY)].int64_list.value[0] for e in eval_examples]
@@ -171,7 +171,7 @@ def test_value_seen_only_in_eval_maps_to_the_oov_bucket(small_ingested, tmp_path
 
     assert (products("eval") == oov_index).sum() == SMALL_EVAL_ROWS // NEW_PRODUCT_EVERY
     assert (products("train") != oov_index).all()
-    counts = artifacts.read_manifest(str(output_dir))["counts"][transform.EXAMPLES_TRANSFORMED]
+    counts = artifacts.read_manifest(str(output_dir)).counts[transform.EXAMPLES_TRANSFORMED]
     assert counts == {"train": SMALL_TRAIN_ROWS, "eval": SMALL_EVAL_ROWS}
 
 
@@ -189,7 +189,7 @@ def test_zip_code_ingested_as_integers(small_presplit_csvs, tmp_path):
         transform_splits="eval",
     )
     manifest = transform.run(config, direct_options())
-    assert manifest["counts"][transform.EXAMPLES_TRANSFORMED] == {"eval": SMALL_EVAL_ROWS}
+    assert manifest.counts[transform.EXAMPLES_TRANSFORMED] == {"eval": SMALL_EVAL_ROWS}
     tft_output = tft.TFTransformOutput(str(tmp_path / "out"))
     assert tft_output.raw_feature_spec()[features.ZIP_CODE].dtype == tf.int64
     buckets = [

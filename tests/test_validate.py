@@ -82,9 +82,9 @@ def test_2015_eval_and_train_pass_the_curated_schema(stats_2015, tmp_path):
     assert result.exit_code == cli.EXIT_OK, result.output
     assert result.stdout.splitlines() == ["train: no anomalies", "eval: no anomalies"]
     manifest = artifacts.read_manifest(str(output_dir))
-    assert manifest["counts"]["anomalies"] == {"train": 0, "eval": 0}
-    assert manifest["parameters"]["environment"] == "TRAINING"
-    assert manifest["inputs"]["schema"]["sha256"]
+    assert manifest.counts["anomalies"] == {"train": 0, "eval": 0}
+    assert manifest.parameters["environment"] == "TRAINING"
+    assert manifest.inputs["schema"]["sha256"]
     for split in ("train", "eval"):
         anomalies = tfdv.load_anomalies_text(str(output_dir / split / validate.ANOMALIES_FILE))
         assert not validate.has_anomalies(anomalies)
@@ -121,7 +121,7 @@ def test_missing_schema_is_inferred_from_train_and_never_overwritten(stats_2015,
     ]
     schema = tfdv.load_schema_text(str(schema_path))
     assert tfdv.get_feature(schema, "product").shape.dim[0].size == 1  # infer_feature_shape
-    assert artifacts.read_manifest(str(tmp_path / "first"))["schema_inferred"] is True
+    assert artifacts.read_manifest(str(tmp_path / "first")).extra["schema_inferred"] is True
     schema_path.write_text(schema_path.read_text() + "# curated by a person\n")
     second = invoke(
         f"--statistics_dir={stats_2015}",
@@ -144,7 +144,7 @@ def test_2017_sample_exits_3_naming_new_columns_and_unseen_categories(stats_2017
     assert f"report: {output_dir / validate.REPORT_FILE}" in result.stderr
     report = read_report(output_dir)  # Published although anomalous: a person must read it.
     manifest = artifacts.read_manifest(str(output_dir))
-    assert manifest["anomalous"] == ["train", "eval"]
+    assert manifest.extra["anomalous"] == ["train", "eval"]
     for new_column in ("company_response_to_consumer", "submitted_via", "tags"):
         assert new_column in report and new_column in result.stdout
     assert "Column dropped" in report  # company_response was renamed.

@@ -31,13 +31,16 @@ import google_crc32c
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from beam_jobs.lib import layout
 from beam_jobs.lib.cli import JobError
+from beam_jobs.lib.manifest import Manifest
 
 __all__ = [
     "EXAMPLES_STAGES",
     "FAILED_FILE",
     "FAILED_SUFFIX",
     "MANIFEST_FILE",
+    "Manifest",
     "StagedOutput",
     "check_output_dir",
     "delete_tree",
@@ -57,8 +60,7 @@ __all__ = [
     "write_tfrecords",
 ]
 
-MANIFEST_FILE = "manifest.json"
-MANIFEST_FORMAT_VERSION = 1
+MANIFEST_FILE = layout.MANIFEST_FILE
 # Stages whose output is examples in ingest's layout (<split>/data-*.tfrecord.gz).
 EXAMPLES_STAGES = ("ingest", "feedback")
 _HASH_CHUNK_BYTES = 8 << 20
@@ -153,9 +155,7 @@ def write_bytes(path: str, data: bytes) -> None:
         handle.write(data)
 
 
-def read_manifest(
-    stage_dir: str, *, flag: str = "input", stages: tuple[str, ...] = ()
-) -> dict[str, Any]:
+def read_manifest(stage_dir: str, *, flag: str = "input", stages: tuple[str, ...] = ()) -> Manifest:
     """The manifest of a finished stage directory, written by one of `stages` (any if empty).
 
     Raises:
@@ -181,7 +181,7 @@ def read_manifest(
             f"--{flag}={stage_dir} is the output of the {manifest.get('stage', 'unknown')} stage, "
             f"but --{flag} takes the output of {' or '.join(stages)}"
         )
-    return manifest
+    return Manifest.from_json(manifest)
 
 
 def _is_local(path: str) -> bool:
@@ -436,25 +436,24 @@ class StagedOutput:
         parameters: dict[str, Any],
         counts: dict[str, Any],
         extra: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
+    ) -> Manifest:
         """Writes the manifest last and moves the staging directory to the output directory.
 
         Returns:
             The manifest as written.
         """
-        manifest = {
-            "stage": self.stage,
-            "format_version": MANIFEST_FORMAT_VERSION,
-            "inputs": inputs,
-            "parameters": parameters,
-            "counts": counts,
-            "package_versions": package_versions(),
-            "started_at": self.started_at,
-            "finished_at": utc_now(),
-            **(extra or {}),
-        }
+        manifest = Manifest(
+            stage=self.stage,
+            inputs=inputs,
+            parameters=parameters,
+            counts=counts,
+            package_versions=package_versions(),
+            started_at=self.started_at,
+            finished_at=utc_now(),
+            extra=extra or {},
+        )
         FileSystems.delete([self.path(_OWNER_FILE)])
-        write_json(self.path(MANIFEST_FILE), manifest)
+        write_json(self.path(MANIFEST_FILE), manifest.to_json())
         self._move_into_place()
         self._published = True
         if self._is_own_failure(self.failed_dir):

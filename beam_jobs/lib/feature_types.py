@@ -38,9 +38,11 @@ def types_in_examples(paths: Iterable[str], limit: int = _SAMPLED_EXAMPLES) -> d
     return found
 
 
-def recorded_or_sampled(manifest: Mapping, example_files: Iterable[str]) -> dict[str, str]:
+def recorded_or_sampled(
+    manifest: artifacts.Manifest, example_files: Iterable[str]
+) -> dict[str, str]:
     """The feature types a manifest records, else those found in the first examples."""
-    recorded = manifest.get(MANIFEST_KEY)
+    recorded = manifest.extra.get(MANIFEST_KEY)
     if isinstance(recorded, dict):
         return dict(recorded)
     return types_in_examples(example_files)
