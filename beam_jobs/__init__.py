@@ -1,4 +1,9 @@
-"""Standalone Beam jobs of the pipeline, one module per stage: `python -m beam_jobs.<job>`."""
+"""Standalone Beam jobs of the pipeline, one module per stage: `python -m beam_jobs.<job>`.
+
+Two floors: the jobs (`beam_jobs/<job>.py`, each thin) stand on one shared layer, `beam_jobs.lib`
+(sources, splits, records, shards, the artifact layout, manifests, the run skeleton, CLI). A job
+imports the shared layer, never another job; nothing here imports the demo model (`model/`).
+"""
 
 import os
 import warnings

@@ -4,7 +4,7 @@
         --output_dir=out/predictions [--format=csv] [--id_column=complaint_id] \
         [--schema=schemas/consumer_complaints/schema.pbtxt]
 
-Records are read, typed and encoded as `tf.Example`s by ingest's own readers and conversion
+Records are read, typed and encoded as `tf.Example`s by the readers and conversion ingest uses
 (`sources.RawRowsToExamples`), without splitting: the model sees exactly what training data looked
 like. Pass `--schema` (the schema the training data was ingested with) so that a column is typed as
 in training whatever this input holds: without it, types are inferred over this input alone, and a
