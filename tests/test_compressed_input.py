@@ -126,7 +126,9 @@ def outputs(output_dir: pathlib.Path, input_path: pathlib.Path) -> dict[str, byt
     }
 
 
-def run_ingest(input_path: pathlib.Path, output_dir: pathlib.Path, *args: str) -> dict:
+def run_ingest(
+    input_path: pathlib.Path, output_dir: pathlib.Path, *args: str
+) -> artifacts.Manifest:
     result = CliRunner().invoke(
         ingest.main, [f"--input={input_path}", f"--output_dir={output_dir}", *args]
     )

@@ -41,7 +41,7 @@ def as_dict(example: tf.train.Example) -> dict[str, list]:
     return {name: records._feature_values(f) for name, f in example.features.feature.items()}
 
 
-def run_ingest(tmp_path: pathlib.Path, **kwargs) -> tuple[pathlib.Path, dict]:
+def run_ingest(tmp_path: pathlib.Path, **kwargs) -> tuple[pathlib.Path, artifacts.Manifest]:
     output_dir = tmp_path / "out"
     manifest = ingest.run(
         ingest.IngestConfig(output_dir=str(output_dir), **kwargs), direct_options()
@@ -362,10 +362,10 @@ def test_spans_and_versions_pick_the_newest_unless_told(tmp_path):
         )
     pattern = str(tmp_path / "span-{SPAN}" / "v{VERSION}" / "*.csv")
     _, newest = run_ingest(tmp_path / "newest", input=pattern, splits="all:1")
-    assert (newest["span"], newest["version"]) == (2, 3)
-    assert newest["inputs"]["raw"][0]["path"].endswith("span-02/v3/data.csv")
+    assert (newest.extra["span"], newest.extra["version"]) == (2, 3)
+    assert newest.inputs["raw"][0]["path"].endswith("span-02/v3/data.csv")
     _, chosen = run_ingest(tmp_path / "chosen", input=pattern, splits="all:1", span=1)
-    assert (chosen["span"], chosen["version"]) == (1, 1)
+    assert (chosen.extra["span"], chosen.extra["version"]) == (1, 1)
 
 
 def test_presplit_input_keeps_the_given_splits(tmp_path):
