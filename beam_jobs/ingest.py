@@ -160,13 +160,13 @@ def _absolute(pattern: str) -> str:
     return pattern if FileSystems.get_scheme(pattern) else os.path.abspath(pattern)
 
 
-def input_patterns(config: IngestConfig) -> list[str]:
+def input_patterns(config: IngestConfig) -> list[str | None]:
     """Every path pattern the job reads (spans and versions as wildcards), for output checks."""
     patterns = [
         _absolute(pattern).replace(_SPAN, "*").replace(_VERSION, "*")
         for pattern in parse_input(config.input).values()
     ]
-    return patterns + ([config.schema] if config.schema else [])
+    return [*patterns, config.schema]
 
 
 def _resolve_span(

@@ -523,7 +523,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
     artifacts.check_output_dir(
         config.output_dir,
         STAGE,
-        inputs=[path for path in (config.transform_dir, config.base_model) if path],
+        inputs=[config.transform_dir, config.base_model],
         own_entries=(CHECKPOINTS_DIR, LOGS_DIR, SERVING_MODEL_DIR),
     )
     manifest_path = FileSystems.join(config.output_dir, artifacts.MANIFEST_FILE)
