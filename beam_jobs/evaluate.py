@@ -673,15 +673,11 @@ def run(config: EvaluateConfig, options: PipelineOptions) -> dict[str, Any]:
         config.output_dir,
         STAGE,
         inputs=[
-            path
-            for path in (
-                config.model_dir,
-                config.examples_dir,
-                config.eval_config,
-                config.baseline_model_dir,
-                config.serving_dir,
-            )
-            if path
+            config.model_dir,
+            config.examples_dir,
+            config.eval_config,
+            config.baseline_model_dir,
+            config.serving_dir,
         ],
     )
     plan = plan_evaluation(config)

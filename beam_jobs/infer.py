@@ -460,7 +460,7 @@ def run(config: InferConfig, options: PipelineOptions) -> dict[str, Any]:
     staged = artifacts.StagedOutput(
         config.output_dir,
         STAGE,
-        inputs=[config.model_dir, config.input, *([config.schema] if config.schema else [])],
+        inputs=[config.model_dir, config.input, config.schema],
     )
     plan = plan_infer(config)
     logging.info(

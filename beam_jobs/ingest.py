@@ -81,13 +81,13 @@ class IngestPlan:
     policy: privacy.PrivacyPolicy = dataclasses.field(default_factory=privacy.PrivacyPolicy)
 
 
-def input_patterns(config: IngestConfig) -> list[str]:
+def input_patterns(config: IngestConfig) -> list[str | None]:
     """Every path pattern the job reads (spans and versions as wildcards), for output checks."""
     patterns = [
         sources.absolute(pattern).replace(sources.SPAN, "*").replace(sources.VERSION, "*")
         for pattern in sources.parse_input(config.input).values()
     ]
-    return patterns + ([config.schema] if config.schema else [])
+    return [*patterns, config.schema]
 
 
 def plan_ingest(config: IngestConfig) -> IngestPlan:

@@ -242,14 +242,10 @@ def run(config: ValidateConfig) -> dict[str, Any]:
         config.output_dir,
         STAGE,
         inputs=[
-            path
-            for path in (
-                config.statistics_dir,
-                config.schema,
-                config.baseline_statistics_dir,
-                config.serving_statistics_dir,
-            )
-            if path
+            config.statistics_dir,
+            config.schema,
+            config.baseline_statistics_dir,
+            config.serving_statistics_dir,
         ],
     )
     by_split = _load_statistics_dir(config.statistics_dir, "statistics_dir")

@@ -501,16 +501,16 @@ def run(config: TrainConfig) -> artifacts.Manifest:
         click.UsageError: DP-SGD flags without the noise multiplier or the clip.
     """
     started_at = artifacts.utc_now()
+    dp_options = _dp_options(config)  # Usage errors (exit 2) before anything is looked at.
     # Training writes in place (a rerun resumes from its checkpoints), so the directory may also
     # hold an unfinished run's folders; the previous manifest stays until the new one replaces it.
     artifacts.check_output_dir(
         config.output_dir,
         STAGE,
-        inputs=[path for path in (config.transform_dir, config.base_model) if path],
+        inputs=[config.transform_dir, config.base_model],
         own_entries=(CHECKPOINTS_DIR, LOGS_DIR, layout.SERVING_MODEL_DIR),
     )
     manifest_path = FileSystems.join(config.output_dir, artifacts.MANIFEST_FILE)
-    dp_options = _dp_options(config)
     tf_transform_output, transform_manifest = _load_transform(config)
     hparams = _hparams(config)
     strategy, replicas = _strategy(config)

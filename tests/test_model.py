@@ -192,8 +192,9 @@ def test_cpu_replicas_need_the_mirrored_strategy():
 
 
 def test_cli_refuses_a_transform_dir_without_manifest(tmp_path):
+    (tmp_path / "half").mkdir()
     result = CliRunner().invoke(
-        train.main, [f"--transform_dir={tmp_path}", f"--output_dir={tmp_path / 'out'}"]
+        train.main, [f"--transform_dir={tmp_path / 'half'}", f"--output_dir={tmp_path / 'out'}"]
     )
     assert result.exit_code == cli.EXIT_ERROR
     assert "is not a finished stage output" in result.output

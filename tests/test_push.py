@@ -438,21 +438,28 @@ def test_a_push_interrupted_mid_copy_leaves_nothing_in_the_serving_dir(pushed, m
     assert snapshot(serving) == serving_before
 
 
-def test_push_refuses_an_evaluation_dir_of_another_stage(pushed, tmp_path):
+@pytest.mark.parametrize(
+    ("stage", "message"),
+    [
+        ("ingest", "is the output of the ingest stage, but --evaluation_dir takes"),
+        ("evaluate", f"has no {layout.BLESSING_JSON}"),  # An evaluation without its blessing.
+    ],
+)
+def test_push_refuses_an_evaluation_dir_that_is_no_evaluation(pushed, tmp_path, stage, message):
     model, _, serving = pushed
     serving_before = snapshot(serving)
-    with artifacts.StagedOutput(str(tmp_path / "ingest"), "ingest") as staged:
+    with artifacts.StagedOutput(str(tmp_path / stage), stage) as staged:
         staged.publish(inputs={}, parameters={}, counts={})
-    ingest_before = snapshot(tmp_path / "ingest")
+    stage_before = snapshot(tmp_path / stage)
     result = run_push(
         f"--model_dir={model}",
-        f"--evaluation_dir={tmp_path / 'ingest'}",
+        f"--evaluation_dir={tmp_path / stage}",
         f"--serving_dir={serving}",
     )
     assert result.exit_code == cli.EXIT_ERROR
-    assert_one_error_line(result.stderr, "output of the ingest stage", "--evaluation_dir")
+    assert_one_error_line(result.stderr, message)
     assert snapshot(serving) == serving_before
-    assert snapshot(tmp_path / "ingest") == ingest_before
+    assert snapshot(tmp_path / stage) == stage_before
 
 
 @pytest.mark.parametrize("serving_path", ["serving.txt", "serving.txt/serving"])
@@ -498,18 +505,3 @@ def test_push_refuses_a_model_dir_that_is_not_a_saved_model(pushed, tmp_path, mo
     assert_one_error_line(result.stderr, "is not a SavedModel directory (no saved_model.pb)")
     assert snapshot(serving) == serving_before
     assert snapshot(model) == model_before
-
-
-def test_push_refuses_an_evaluation_without_its_blessing(pushed, tmp_path):
-    model, _, serving = pushed
-    serving_before = snapshot(serving)
-    with artifacts.StagedOutput(str(tmp_path / "evaluation"), "evaluate") as staged:
-        staged.publish(inputs={}, parameters={}, counts={})
-    result = run_push(
-        f"--model_dir={model}",
-        f"--evaluation_dir={tmp_path / 'evaluation'}",
-        f"--serving_dir={serving}",
-    )
-    assert result.exit_code == cli.EXIT_ERROR
-    assert_one_error_line(result.stderr, f"has no {layout.BLESSING_JSON}")
-    assert snapshot(serving) == serving_before

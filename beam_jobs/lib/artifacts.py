@@ -260,9 +260,9 @@ def _input_paths(pattern: str) -> list[str]:
     return paths
 
 
-def _check_not_an_input(output_dir: str, flag: str, inputs: Iterable[str]) -> None:
+def _check_not_an_input(output_dir: str, flag: str, inputs: Iterable[str | None]) -> None:
     target = _normalized(output_dir)
-    for pattern in inputs:
+    for pattern in filter(None, inputs):  # Flags left unset are None.
         for path in _input_paths(pattern):
             if _within(path, target) or _within(target, path):
                 relation = (
@@ -306,7 +306,7 @@ def check_output_dir(
     output_dir: str,
     stage: str,
     *,
-    inputs: Iterable[str] = (),
+    inputs: Iterable[str | None] = (),
     flag: str = "output_dir",
     own_entries: Iterable[str] = (),
 ) -> None:
@@ -392,7 +392,7 @@ class StagedOutput:
         output_dir: str,
         stage: str,
         *,
-        inputs: Iterable[str] = (),
+        inputs: Iterable[str | None] = (),
         flag: str = "output_dir",
     ) -> None:
         check_output_dir(output_dir, stage, inputs=inputs, flag=flag)
