@@ -1,0 +1,1 @@
+"""The shared layer beneath the jobs: sources, splits, records, shards, artifacts, the run skeleton and CLI plumbing."""
