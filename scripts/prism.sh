@@ -28,6 +28,12 @@ run_dir=${PRISM_RUN_DIR:-${TMPDIR:-/tmp}/beam-ml-pipelines-prism-$(printf %s "$r
 boot="$repo/scripts/beam_worker_boot.sh"
 
 die() { echo "prism.sh: $*" >&2; exit 1; }
+source "$repo/scripts/local_servers.sh"
+
+# Go's official archive installs to /usr/local/go, which a non-login shell may lack on its PATH.
+if ! command -v go >/dev/null && [ -x /usr/local/go/bin/go ]; then
+  export PATH="$PATH:/usr/local/go/bin"
+fi
 
 usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
 
@@ -60,31 +66,6 @@ build() {
   echo "prism.sh: built $prism_bin" >&2
 }
 
-free_port() {
-  python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# wait_listening <pid> <port> <log>: until 127.0.0.1:<port> accepts, or the process died (60 s).
-wait_listening() {
-  local pid=$1 port=$2 log=$3
-  for _ in $(seq 1 120); do
-    if python -c "import socket, sys; socket.create_connection(('127.0.0.1', $port), 1)" \
-      2>/dev/null; then
-      return 0
-    fi
-    kill -0 "$pid" 2>/dev/null || { tail -n 20 "$log" >&2; die "process $pid exited; log above"; }
-    sleep 0.5
-  done
-  die "nothing listens on 127.0.0.1:$port after 60 s; see $log"
-}
-
-# is_ours <pid file> <marker>: the PID in the file is alive and its command line names the marker.
-is_ours() {
-  local pid
-  pid=$(cat "$1" 2>/dev/null) || return 1
-  [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$2"
-}
-
 start() {
   local env_type=EXTERNAL
   for arg in "$@"; do
@@ -103,21 +84,19 @@ start() {
   local job_port
   job_port=$(free_port)
   # Each server leads a process group of its own, so stop ends it with the workers it started.
-  TMPDIR="$run_dir/tmp" BEAM_WORKER_PYTHON="$(command -v python)" setsid "$prism_bin" \
-    --job_port="$job_port" --serve_http=false --log_kind=text \
-    >"$run_dir/prism.log" 2>&1 </dev/null &
-  echo $! >"$run_dir/prism.pid"
+  TMPDIR="$run_dir/tmp" BEAM_WORKER_PYTHON="$(command -v python)" start_group \
+    "$run_dir/prism.pid" "$run_dir/prism.log" \
+    "$prism_bin" --job_port="$job_port" --serve_http=false --log_kind=text
   echo "$job_port" >"$run_dir/job_port"
-  wait_listening "$(cat "$run_dir/prism.pid")" "$job_port" "$run_dir/prism.log"
+  wait_listening "$run_dir/prism.pid" "$job_port" "$run_dir/prism.log"
   if [ "$env_type" = EXTERNAL ]; then
     local pool_port
     pool_port=$(free_port)
     TMPDIR="$run_dir/tmp" BEAM_WORKER_PYTHON="$(command -v python)" PYTHONPATH="$repo" \
-      setsid python -m beam_jobs.lib.beam_compat pool --port="$pool_port" --boot_command="$boot" \
-      >"$run_dir/pool.log" 2>&1 </dev/null &
-    echo $! >"$run_dir/pool.pid"
+      start_group "$run_dir/pool.pid" "$run_dir/pool.log" \
+      python -m beam_jobs.lib.beam_compat pool --port="$pool_port" --boot_command="$boot"
     echo "$pool_port" >"$run_dir/pool_port"
-    wait_listening "$(cat "$run_dir/pool.pid")" "$pool_port" "$run_dir/pool.log"
+    wait_listening "$run_dir/pool.pid" "$pool_port" "$run_dir/pool.log"
   fi
   echo "$env_type" >"$run_dir/environment_type"
   echo "prism.sh: Prism on 127.0.0.1:$job_port ($env_type workers); state in $run_dir" >&2
@@ -144,19 +123,6 @@ options() {
     line+=" --environment_options=process_variables=BEAM_WORKER_PYTHON=$(command -v python)"
   fi
   echo "$line"
-}
-
-# stop_group <pid file> <marker>: TERM to the process group the PID leads, KILL after 10 s.
-stop_group() {
-  is_ours "$1" "$2" || return 0
-  local pid
-  pid=$(cat "$1")
-  kill -TERM -- "-$pid" 2>/dev/null || true
-  for _ in $(seq 1 20); do
-    kill -0 "$pid" 2>/dev/null || return 0
-    sleep 0.5
-  done
-  kill -KILL -- "-$pid" 2>/dev/null || true
 }
 
 stop() {

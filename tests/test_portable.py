@@ -4,7 +4,10 @@ One Prism serves the module (`scripts/prism.sh start`, built on first use); SDK 
 processes of their own, from its worker pool (EXTERNAL) or started by Prism (PROCESS). Each test
 runs a job on Prism and compares it with the same job on DirectRunner, mostly the session's
 fixtures from conftest. What "equal" means per job:
-- ingest, infer, feedback: every output file byte-identical (manifests: the same counts).
+- ingest, feedback: every output file byte-identical (manifests: the same counts).
+- infer: byte-identical but for a few scores that differ in their last float32 bit (RunInference's
+  batch shapes differ by runner): those within SCORE_ATOL; the byte-identical test is an xfail
+  until infer scores in fixed batch shapes.
 - statistics: every count equal; floating-point numbers equal to 1e-9, except the ones TFDV takes
   from its approximate quantiles sketch (quantile histograms, median), within STATS_QUANTILE_RTOL.
 - transform: every feature of every example equal, except features of approximate analyzers
@@ -40,10 +43,14 @@ from tests.conftest import CURATED_SCHEMA, DEMO_TRAIN_STEPS, REPO_ROOT, direct_o
 PRISM_SH = REPO_ROOT / "scripts" / "prism.sh"
 # Building Prism the first time takes a few minutes on two busy cores.
 PRISM_START_TIMEOUT_S = 1200
+# Where Go's official archive installs; scripts/prism.sh looks there when `go` is not on the PATH.
+GO_ARCHIVE_BINARY = "/usr/local/go/bin/go"
 STATS_FLOAT_RTOL = 1e-9
 STATS_QUANTILE_RTOL = 1e-2
 APPROXIMATE_ROWS_MAX = 0.01
 METRIC_ATOL = 1e-6
+# Infer's scores on another runner: equal but for float32 rounding (2**-24 of a score in [0, 1]).
+SCORE_ATOL = 1e-7
 # Features computed by approximate analyzers (quantiles behind tft.bucketize).
 APPROXIMATE_FEATURES = frozenset(features.transformed_name(key) for key in features.BUCKET_FEATURES)
 SPLITS = ("train", "eval")
@@ -69,7 +76,7 @@ def _prism_sh(run_dir: pathlib.Path, *args: str) -> str:
 @pytest.fixture(scope="module")
 def prism(tmp_path_factory) -> Iterator[pathlib.Path]:
     """A Prism with a worker pool on 127.0.0.1, for this module; its state folder."""
-    if shutil.which("go") is None:
+    if shutil.which("go") is None and not pathlib.Path(GO_ARCHIVE_BINARY).exists():
         pytest.skip("go is not installed: scripts/prism.sh builds Prism with it")
     run_dir = tmp_path_factory.mktemp("prism") / "run"
     _prism_sh(run_dir, "start", "--environment_type=EXTERNAL")
@@ -309,13 +316,57 @@ def _infer_config(model_dir: pathlib.Path, ingested: pathlib.Path, output_dir: p
     )
 
 
-def test_infer_outputs_are_byte_identical(
-    prism, trained_2015_steps, ingested_2015_curated, predictions_2015, tmp_path
-):
-    output_dir = tmp_path / "infer"
+@pytest.fixture(scope="module")
+def infer_portable(prism, trained_2015_steps, ingested_2015_curated, tmp_path_factory):
+    """conftest's `predictions_2015` run again on Prism (EXTERNAL)."""
+    output_dir = tmp_path_factory.mktemp("infer_portable") / "out"
     config = _infer_config(trained_2015_steps(DEMO_TRAIN_STEPS), ingested_2015_curated, output_dir)
     _timed("infer", "Prism EXTERNAL", infer.run, config, portable_options(prism, "EXTERNAL"))
-    _assert_same_files(output_dir, predictions_2015)
+    return output_dir
+
+
+def _prediction_logs(output_dir: pathlib.Path) -> list[tuple[bytes, list[float]]]:
+    """Each PredictionLog as (its request, the float values of its response)."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    logs = []
+    for path in sorted((output_dir / "prediction_logs").glob("*.tfrecord.gz")):
+        for record in tf.data.TFRecordDataset(str(path), compression_type="GZIP"):
+            log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+            response = log.predict_log.response
+            values = [
+                v for key in sorted(response.outputs) for v in response.outputs[key].float_val
+            ]
+            logs.append((log.predict_log.request.SerializeToString(), values))
+    return logs
+
+
+def test_infer_outputs_equal_scores_to_float32_rounding(infer_portable, predictions_2015):
+    portable, direct = _files(infer_portable), _files(predictions_2015)
+    assert sorted(portable) == sorted(direct)
+    assert _manifest(infer_portable)["counts"] == _manifest(predictions_2015)["counts"]
+    for name in portable:
+        if name.startswith("predictions/"):
+            ours = [json.loads(line) for line in portable[name].splitlines()]
+            theirs = [json.loads(line) for line in direct[name].splitlines()]
+            assert [dict(p, score=None) for p in ours] == [dict(p, score=None) for p in theirs]
+            for mine, other in zip(ours, theirs, strict=True):
+                assert math.isclose(mine["score"], other["score"], abs_tol=SCORE_ATOL), mine
+        elif not name.startswith("prediction_logs/"):
+            assert portable[name] == direct[name], name
+    ours, theirs = _prediction_logs(infer_portable), _prediction_logs(predictions_2015)
+    assert [request for request, _ in ours] == [request for request, _ in theirs]
+    for (_, mine), (_, other) in zip(ours, theirs, strict=True):
+        assert mine == pytest.approx(other, abs=SCORE_ATOL)
+
+
+@pytest.mark.xfail(
+    reason="a few scores differ in their last float32 bit: RunInference sizes its batches by "
+    "timing, so each runner scores rows in other batch shapes (README, Runners)",
+    strict=False,
+)
+def test_infer_outputs_are_byte_identical(infer_portable, predictions_2015):
+    _assert_same_files(infer_portable, predictions_2015)
 
 
 def _feedback_file(predictions_dir: pathlib.Path, path: pathlib.Path) -> pathlib.Path:
