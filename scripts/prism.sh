@@ -115,7 +115,10 @@ options() {
       *) die "unknown argument $arg (see --help)" ;;
     esac
   done
+  # SDK 2.60 bounds the job's state stream by --job_server_timeout (default 60 s), so a job running
+  # longer fails with DEADLINE_EXCEEDED (apache/beam#35867; later SDKs default to 5 minutes).
   local line="--runner=PortableRunner --job_endpoint=127.0.0.1:$(cat "$run_dir/job_port")"
+  line+=" --job_server_timeout=86400"
   if [ "$env_type" = EXTERNAL ]; then
     line+=" --environment_type=EXTERNAL --environment_config=127.0.0.1:$(cat "$run_dir/pool_port")"
   else
