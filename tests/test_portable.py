@@ -5,9 +5,9 @@ processes of their own, from its worker pool (EXTERNAL) or started by Prism (PRO
 runs a job on Prism and compares it with the same job on DirectRunner, mostly the session's
 fixtures from conftest. What "equal" means per job:
 - ingest, feedback: every output file byte-identical (manifests: the same counts).
-- infer: byte-identical but for a few scores that differ in their last float32 bit (RunInference's
-  batch shapes differ by runner): those within SCORE_ATOL; the byte-identical test is an xfail
-  until infer scores in fixed batch shapes.
+- infer: byte-identical but for a few scores that differ in their last float32 bit (rows scored
+  in one-row batches, which differ by runner): those within SCORE_ATOL; the byte-identical test
+  is an xfail until infer never scores a batch of one.
 - statistics: every count equal; floating-point numbers equal to 1e-9, except the ones TFDV takes
   from its approximate quantiles sketch (quantile histograms, median), within STATS_QUANTILE_RTOL.
 - transform: every feature of every example equal, except features of approximate analyzers
@@ -361,8 +361,9 @@ def test_infer_outputs_equal_scores_to_float32_rounding(infer_portable, predicti
 
 
 @pytest.mark.xfail(
-    reason="a few scores differ in their last float32 bit: RunInference sizes its batches by "
-    "timing, so each runner scores rows in other batch shapes (README, Runners)",
+    reason="a few scores differ in their last float32 bit: Beam's batching gives some rows to the "
+    "model alone, other rows on each runner, and TensorFlow scores a one-row batch through other "
+    "kernels (README, Runners)",
     strict=False,
 )
 def test_infer_outputs_are_byte_identical(infer_portable, predictions_2015):
