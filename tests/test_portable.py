@@ -9,7 +9,8 @@ fixtures from conftest. What "equal" means per job:
   in one-row batches, which differ by runner): those within SCORE_ATOL; the byte-identical test
   is an xfail until infer never scores a batch of one.
 - statistics: every count equal; floating-point numbers equal to 1e-9, except the ones TFDV takes
-  from its approximate quantiles sketch (quantile histograms, median), within STATS_QUANTILE_RTOL.
+  from its approximate quantiles sketch (every histogram's bounds and counts, the median), within
+  STATS_QUANTILE_RTOL.
 - transform: every feature of every example equal, except features of approximate analyzers
   (`tft.bucketize`), which may differ on under APPROXIMATE_ROWS_MAX of the rows.
 - evaluate: every metric equal to 1e-6, and the same blessing.
@@ -148,10 +149,11 @@ def _stats_differences(
             continue
         for mine, other in zip(ours, theirs, strict=True):
             if field.type == FieldDescriptor.TYPE_MESSAGE:
-                quantile_histogram = field.name == "histograms" and (
-                    other.type == statistics_pb2.Histogram.QUANTILES
+                # TFDV draws every histogram, equal-width ones too, from its quantiles sketch.
+                histogram = (
+                    other.DESCRIPTOR.full_name == statistics_pb2.Histogram.DESCRIPTOR.full_name
                 )
-                yield from _stats_differences(mine, other, name, quantiles or quantile_histogram)
+                yield from _stats_differences(mine, other, name, quantiles or histogram)
             elif field.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
                 rtol = (
                     STATS_QUANTILE_RTOL if quantiles or field.name == "median" else STATS_FLOAT_RTOL
