@@ -3,12 +3,15 @@
 # ingest -> statistics -> validate -> transform -> train -> evaluate -> push.
 #
 #   scripts/run_pipeline.sh [--input=<pattern>] [--pipeline_root=<dir>] [--serving_dir=<dir>]
-#                           [--runner=DirectRunner] [--resume] [-- <Beam options for every Beam job>]
+#                           [--runner=DirectRunner|portable|<Beam runner>] [--resume]
+#                           [-- <Beam options for every Beam job>]
 #
 # With no --input it generates the demo's consumer-complaint data first. Stops at the first failing
 # stage with its exit code: 3 when validation finds anomalies, 4 when the model is not blessed.
 # --resume skips a stage that already ran on the same inputs, flags and code (content fingerprints)
 # and whose output is still there as it left it (a deleted serving dir is pushed again).
+# --runner=portable runs every Beam job on Prism (scripts/prism.sh): the one already started, or one
+# started here and stopped at the end.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -26,17 +29,28 @@ while [ $# -gt 0 ]; do
     --runner=*) runner="${1#*=}" ;;
     --resume) resume=1 ;;
     --) shift; beam_options=("$@"); break ;;
-    -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run_pipeline.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
 serving_dir=${serving_dir:-$pipeline_root/serving}
-beam_options=("--runner=$runner" "${beam_options[@]}")
 
 source "$repo/scripts/ensure_venv.sh"
 ensure_venv
 cd "$repo"
+
+if [ "$runner" = portable ]; then
+  if ! portable_options=$("$repo/scripts/prism.sh" options 2>/dev/null); then
+    "$repo/scripts/prism.sh" start
+    trap '"$repo/scripts/prism.sh" stop' EXIT
+    portable_options=$("$repo/scripts/prism.sh" options)
+  fi
+  read -r -a runner_options <<<"$portable_options"
+  beam_options=("${runner_options[@]}" "${beam_options[@]}")
+else
+  beam_options=("--runner=$runner" "${beam_options[@]}")
+fi
 
 schema="$repo/schemas/consumer_complaints/schema.pbtxt"
 if [ -z "$input" ]; then
