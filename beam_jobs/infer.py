@@ -29,7 +29,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -270,6 +270,45 @@ def _failed_lines(
         yield sort_key, sources.rejected_line(paths[sort_key[0]], sort_key[1], reason, features)
 
 
+class _NoBatchOfOne(inference.ModelHandler):
+    """Scores a batch of one row as two copies of it and keeps the first result.
+
+    TensorFlow scores a one-row batch through other kernels, whose results differ in the last
+    float32 bit; how many rows a batch holds depends on the runner's bundles, so without this a
+    row's score would depend on where it ran. Every other call goes to the wrapped handler.
+    """
+
+    def __init__(self, handler: inference.ModelHandler) -> None:
+        self._handler = handler
+
+    def load_model(self) -> Any:
+        return self._handler.load_model()
+
+    def run_inference(
+        self, batch: Sequence[Any], model: Any, inference_args: dict[str, Any] | None = None
+    ) -> Iterable[Any]:
+        if len(batch) == 1:
+            return list(self._handler.run_inference([batch[0], batch[0]], model, inference_args))[
+                :1
+            ]
+        return self._handler.run_inference(batch, model, inference_args)
+
+    def get_num_bytes(self, batch: Sequence[Any]) -> int:
+        return self._handler.get_num_bytes(batch)
+
+    def get_metrics_namespace(self) -> str:
+        return self._handler.get_metrics_namespace()
+
+    def batch_elements_kwargs(self) -> Mapping[str, Any]:
+        return self._handler.batch_elements_kwargs()
+
+    def validate_inference_args(self, inference_args: dict[str, Any] | None) -> None:
+        self._handler.validate_inference_args(inference_args)
+
+    def share_model_across_processes(self) -> bool:
+        return self._handler.share_model_across_processes()
+
+
 class ScoreExamples(beam.PTransform):
     """((sort key, tracking id), serialized example) → ((sort key, tracking id), PredictionLog).
 
@@ -293,7 +332,7 @@ class ScoreExamples(beam.PTransform):
                 min_batch_size=1, max_batch_size=batch_size
             ),
         )
-        return inference.KeyedModelHandler(CreateModelHandler(spec))
+        return inference.KeyedModelHandler(_NoBatchOfOne(CreateModelHandler(spec)))
 
     def expand(self, keyed: beam.PCollection) -> dict[str, beam.PCollection]:
         scored, failed = (

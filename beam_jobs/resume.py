@@ -32,6 +32,8 @@ __all__ = ["RUN_KEY_FILE", "is_up_to_date", "main", "record", "run_key"]
 RUN_KEY_FILE = "run_key.json"
 _PACKAGES = ("beam_jobs", "model")
 _OWN_OUTPUT_FLAGS = ("--output_dir", "--serving_dir")
+# Where a runner listens (Prism's ports change with every start), not what a stage computes.
+_RUNNER_ADDRESS_FLAGS = ("--job_endpoint", "--artifact_endpoint", "--environment_config")
 
 
 def _code_fingerprint() -> str:
@@ -80,7 +82,8 @@ def run_key(command: Sequence[str]) -> str:
         for flag, value in _flag_values(command).items()
         if flag not in _OWN_OUTPUT_FLAGS
     }
-    payload = {"command": list(command), "inputs": inputs, "code": _code_fingerprint()}
+    computed = [arg for arg in command if arg.partition("=")[0] not in _RUNNER_ADDRESS_FLAGS]
+    payload = {"command": computed, "inputs": inputs, "code": _code_fingerprint()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

@@ -174,7 +174,7 @@ def test_beam_ingest_on_flink(flink, cfpb_2017_sample_csv, tmp_path):
     manifest = _beam_ingest(
         cfpb_2017_sample_csv, tmp_path / "out", [*flags, f"--flink_job_server_jar={jar}"]
     )
-    assert manifest["counts"]["rows_rejected"] == 0
+    assert manifest.counts["rows_rejected"] == 0
 
 
 def test_beam_ingest_on_spark(spark, cfpb_2017_sample_csv, tmp_path):
@@ -183,4 +183,4 @@ def test_beam_ingest_on_spark(spark, cfpb_2017_sample_csv, tmp_path):
     manifest = _beam_ingest(
         cfpb_2017_sample_csv, tmp_path / "out", [*flags, f"--spark_job_server_jar={jar}"]
     )
-    assert manifest["counts"]["rows_rejected"] == 0
+    assert manifest.counts["rows_rejected"] == 0

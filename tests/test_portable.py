@@ -5,9 +5,8 @@ processes of their own, from its worker pool (EXTERNAL) or started by Prism (PRO
 runs a job on Prism and compares it with the same job on DirectRunner, mostly the session's
 fixtures from conftest. What "equal" means per job:
 - ingest, feedback: every output file byte-identical (manifests: the same counts).
-- infer: byte-identical but for a few scores that differ in their last float32 bit (rows scored
-  in one-row batches, which differ by runner): those within SCORE_ATOL; the byte-identical test
-  is an xfail until infer never scores a batch of one.
+- infer: byte-identical (infer never scores a batch of one row, whose kernels round otherwise;
+  scores are also compared within SCORE_ATOL, to name the rows should that ever change).
 - statistics: every count equal; floating-point numbers equal to 1e-9, except the ones TFDV takes
   from its approximate quantiles sketch (every histogram's bounds and counts, the median), within
   STATS_QUANTILE_RTOL.
@@ -38,6 +37,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from tensorflow_metadata.proto.v0 import statistics_pb2
 
 from beam_jobs import evaluate, feedback, infer, ingest, statistics, transform
+from beam_jobs.lib import layout
 from model import features
 from tests.conftest import CURATED_SCHEMA, DEMO_TRAIN_STEPS, REPO_ROOT, direct_options
 
@@ -277,7 +277,7 @@ def _metric_values(value: object, path: str = "") -> Iterator[tuple[str, float]]
 
 
 def _slice_metrics(output_dir: pathlib.Path) -> dict[str, dict[str, float]]:
-    result = tfma.load_eval_result(str(output_dir / evaluate.TFMA_DIR))
+    result = tfma.load_eval_result(str(output_dir / layout.TFMA_DIR))
     return {str(key): dict(_metric_values(metrics)) for key, metrics in result.slicing_metrics}
 
 
@@ -301,7 +301,7 @@ def test_evaluate_metrics_equal(
                 math.isnan(ours) and math.isnan(value)
             ), (slice_key, name, ours, value)
     blessed = [
-        json.loads((d / evaluate.BLESSING_JSON).read_text())["blessed"]
+        json.loads((d / layout.BLESSING_JSON).read_text())["blessed"]
         for d in (output_dir, evaluated_2015)
     ]
     assert blessed[0] == blessed[1]
@@ -362,12 +362,6 @@ def test_infer_outputs_equal_scores_to_float32_rounding(infer_portable, predicti
         assert mine == pytest.approx(other, abs=SCORE_ATOL)
 
 
-@pytest.mark.xfail(
-    reason="a few scores differ in their last float32 bit: Beam's batching gives some rows to the "
-    "model alone, other rows on each runner, and TensorFlow scores a one-row batch through other "
-    "kernels (README, Runners)",
-    strict=False,
-)
 def test_infer_outputs_are_byte_identical(infer_portable, predictions_2015):
     _assert_same_files(infer_portable, predictions_2015)
 

@@ -115,3 +115,13 @@ def test_cli_check_exit_codes(tmp_path):
     assert CliRunner().invoke(resume.main, ["check", stage_dir, *command]).exit_code == 1
     assert CliRunner().invoke(resume.main, ["record", stage_dir, *command]).exit_code == 0
     assert CliRunner().invoke(resume.main, ["check", stage_dir, *command]).exit_code == 0
+
+
+def test_a_runners_address_is_not_part_of_the_run_key(tmp_path):
+    data = tmp_path / "data.csv"
+    data.write_text("a,b\n1,2\n")
+    command = ["python", "-m", "beam_jobs.ingest", f"--input={data}", "--runner=PortableRunner"]
+    first = [*command, "--job_endpoint=localhost:41001", "--environment_config=127.0.0.1:41003"]
+    again = [*command, "--job_endpoint=localhost:52001", "--environment_config=127.0.0.1:52003"]
+    assert resume.run_key(first) == resume.run_key(again)
+    assert resume.run_key(first) != resume.run_key([*first, "--environment_type=PROCESS"])
