@@ -359,6 +359,23 @@ def test_gzipped_tfrecord_input_still_reads(tmp_path):
     assert outputs(tmp_path / "gz", gzipped) == outputs(tmp_path / "plain", plain)
 
 
+def test_a_gzipped_tfrecord_cut_at_a_record_boundary_is_not_read_short(tmp_path):
+    frames = tmp_path / "frames.tfrecord"
+    with tf.io.TFRecordWriter(str(frames)) as writer:
+        for i in range(100):
+            writer.write(f"record {i:03d}".encode())
+    data = frames.read_bytes()
+    first_40 = len(data) * 40 // 100  # Every frame here has the same length.
+    compressor = zlib.compressobj(wbits=zlib.MAX_WBITS | 16)
+    # The stream flushed after 40 whole records and cut there: no end-of-stream marker.
+    cut = compressor.compress(data[:first_40]) + compressor.flush(zlib.Z_FULL_FLUSH)
+    truncated = tmp_path / "cut.tfrecord.gz"
+    truncated.write_bytes(cut)
+    assert sum(1 for _ in artifacts.read_tfrecords(str(truncated))) == 40  # Beam's reader: short.
+    read = rows(truncated, records.TFRECORD)
+    assert len(read) == 41 and "ends before its end" in read[-1][2], read[-1]
+
+
 def test_real_2015_data_gzipped_ingests_to_the_same_bytes(cfpb_2015_csv, ingested_2015, tmp_path):
     compressed = tmp_path / "complaints.csv.gz"
     compressed.write_bytes(gzip.compress(cfpb_2015_csv.read_bytes(), compresslevel=1, mtime=0))

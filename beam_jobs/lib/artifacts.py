@@ -24,8 +24,8 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, BinaryIO
 
 import google_crc32c
 from apache_beam.io.filesystem import CompressionTypes
@@ -605,13 +605,23 @@ def write_tfrecords(path: str, records: Iterable[bytes]) -> int:
     return count
 
 
-def read_tfrecords(path: str) -> Iterator[bytes]:
+def read_tfrecords(
+    path: str, open_file: Callable[[str], BinaryIO] | None = None
+) -> Iterator[bytes]:
     """Reads the records of one TFRecord file (GZIP when the path ends in `.gz`), checking CRCs.
+
+    `open_file` opens the file's decompressed bytes instead of Beam's `FileSystems.open`, whose
+    GZIP reader ends quietly at a truncated stream's last whole record.
 
     Raises:
         ValueError: the file is truncated or a checksum does not match.
     """
-    with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as handle:
+    opened = (
+        open_file(path)
+        if open_file
+        else FileSystems.open(path, compression_type=CompressionTypes.AUTO)
+    )
+    with opened as handle:
         while header := handle.read(12):
             if len(header) < 12:
                 raise ValueError(f"{path}: truncated TFRecord header")

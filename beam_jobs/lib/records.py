@@ -616,7 +616,9 @@ def _feature_values(feature: tf.train.Feature) -> list[Any]:
 
 
 def _tfrecord_rows(path: str) -> Iterator[RawRow]:
-    for index, record in enumerate(artifacts.read_tfrecords(path), start=1):
+    # Our decompression, which notices a stream that ends before its end-of-stream marker.
+    records = artifacts.read_tfrecords(path, open_file=lambda name: _open_binary(name, AUTO))
+    for index, record in enumerate(records, start=1):
         try:
             example = tf.train.Example.FromString(record)
         except Exception:  # protobuf's DecodeError differs between its implementations.
