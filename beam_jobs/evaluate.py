@@ -476,17 +476,6 @@ def _first_examples(file_pattern: str, count: int) -> list[bytes]:
     return []
 
 
-def _error_line(error: tf.errors.OpError) -> str:
-    """What TensorFlow's message says went wrong, without its frame about graphs and nodes."""
-    lines = [
-        line.strip().removeprefix("Name: <unknown>, ")
-        for line in error.message.splitlines()
-        if line.strip()
-        and not line.strip().startswith(("[[", "Graph execution error", "Detected at node", "<"))
-    ]
-    return (lines[-1] if lines else error.message).split(" [[", 1)[0].strip()
-
-
 def check_model_reads_examples(
     model: ModelRef, flag: str, file_pattern: str, spec: config_pb2.ModelSpec
 ) -> None:
@@ -516,7 +505,9 @@ def check_model_reads_examples(
         try:
             signature(**{inputs[0]: tf.constant(records)})
         except (tf.errors.OpError, IndexError, TypeError, ValueError) as error:
-            reason = _error_line(error) if isinstance(error, tf.errors.OpError) else str(error)
+            reason = cli.tensorflow_reason(
+                error.message if isinstance(error, tf.errors.OpError) else str(error)
+            )
             raise cli.JobError(
                 f"--{flag}={model.path} cannot read the examples in {file_pattern} through "
                 f"{name!r}: {reason}; evaluate it on examples of the data it was trained on"

@@ -249,13 +249,7 @@ def _error_reason(error: Any) -> str:
         name, message = getattr(kind, "__name__", str(kind)), "".join(trace[-1:])
     else:
         name, message = type(error).__name__, str(error)
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    # TensorFlow names a bad feature on a line of its own ("Name: <unknown>, Feature: x (data
-    # type: string) is required ...", "... Key: x, Index: 0.  Data types don't match ..."),
-    # between a "Graph execution error:" header and the failing node.
-    details = [line for line in lines if not line.endswith(":") and not line.startswith("[[")]
-    named = [line for line in details if "Feature:" in line or "Key:" in line]
-    detail = (named or details or lines or [""])[0].removeprefix("Name: <unknown>, ")
+    detail = cli.tensorflow_reason(message)
     return f"inference failed: {name}: {detail[:_MAX_REASON_CHARS]}"
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "reports_job_errors",
     "run_module_main",
     "split_list",
+    "tensorflow_reason",
 ]
 
 EXIT_OK = 0
@@ -72,6 +73,19 @@ def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
             f"unexpected argument {stray[0]!r}: Beam options are written as --flag=value"
         )
     return PipelineOptions(list(beam_args))
+
+
+def tensorflow_reason(message: str) -> str:
+    """The line of a TensorFlow error message that says what was wrong.
+
+    TensorFlow names a bad feature on a line of its own ("Name: <unknown>, Feature: x (data type:
+    string) is required ...", "... Key: x, Index: 0.  Data types don't match ..."), between a
+    "Graph execution error:" header and the failing node.
+    """
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    details = [line for line in lines if not line.endswith(":") and not line.startswith("[[")]
+    named = [line for line in details if "Feature:" in line or "Key:" in line]
+    return (named or details or lines or [""])[0].removeprefix("Name: <unknown>, ")
 
 
 def split_list(value: str | None) -> list[str]:
