@@ -188,3 +188,105 @@ def trained_2015_dp(transformed_2015, tmp_path_factory) -> dict:
     started = time.monotonic()
     manifest = train.run(config)
     return {"manifest": manifest, "output_dir": output_dir, "seconds": time.monotonic() - started}
+
+
+# The synthetic animals data (tests/synthetic.py) and a user's module for it (tests/user_module.py):
+# a data set and model the framework has never seen. Each task has its preprocessing_fn, model
+# function and transformed label.
+USER_MODULE = REPO_ROOT / "tests" / "user_module.py"
+ANIMAL_TASKS = {
+    "multiclass": ("preprocessing_fn", "build_model", "species_xf"),
+    "binary": ("binary_preprocessing_fn", "build_binary_model", "heavy_xf"),
+    "regression": ("regression_preprocessing_fn", "build_regression_model", "weight_xf"),
+}
+ANIMAL_TRAIN_STEPS = 150
+ANIMAL_BATCH_SIZE = 32
+
+
+@pytest.fixture(scope="session")
+def animals_csv(tmp_path_factory) -> pathlib.Path:
+    """600 synthetic animals as a CSV file (header row first)."""
+    from tests.synthetic import write_animals_csv
+
+    return write_animals_csv(tmp_path_factory.mktemp("animals") / "animals.csv")
+
+
+@pytest.fixture(scope="session")
+def animals_ingested(animals_csv, tmp_path_factory) -> pathlib.Path:
+    """The animals ingested with the default 2:1 split, column types inferred."""
+    output_dir = tmp_path_factory.mktemp("animals_ingest") / "out"
+    ingest.run(
+        ingest.IngestConfig(input=str(animals_csv), output_dir=str(output_dir)), direct_options()
+    )
+    return output_dir
+
+
+@pytest.fixture(scope="session")
+def animals_schema(animals_ingested, tmp_path_factory) -> pathlib.Path:
+    """The schema validate infers from the animals' train statistics (no curation)."""
+    from beam_jobs import statistics, validate
+
+    root = tmp_path_factory.mktemp("animals_schema")
+    statistics.run(
+        statistics.StatisticsConfig(
+            examples_dir=str(animals_ingested), output_dir=str(root / "statistics")
+        ),
+        direct_options(),
+    )
+    schema = root / "schema.pbtxt"
+    validate.run(
+        validate.ValidateConfig(
+            statistics_dir=str(root / "statistics"),
+            schema=str(schema),
+            output_dir=str(root / "validation"),
+        )
+    )
+    return schema
+
+
+@pytest.fixture(scope="session")
+def animals_transformed(animals_ingested, animals_schema, tmp_path_factory):
+    """`animals_transformed(task)`: the transform output of one of ANIMAL_TASKS, made once."""
+    from beam_jobs import transform
+
+    outputs: dict[str, pathlib.Path] = {}
+
+    def transformed(task: str) -> pathlib.Path:
+        if task not in outputs:
+            output_dir = tmp_path_factory.mktemp(f"animals_transform_{task}") / "out"
+            config = transform.TransformConfig(
+                examples_dir=str(animals_ingested),
+                schema=str(animals_schema),
+                output_dir=str(output_dir),
+                preprocessing_fn=f"{USER_MODULE}:{ANIMAL_TASKS[task][0]}",
+            )
+            transform.run(config, direct_options())
+            outputs[task] = output_dir
+        return outputs[task]
+
+    return transformed
+
+
+@pytest.fixture(scope="session")
+def animals_trained(animals_transformed, tmp_path_factory):
+    """`animals_trained(task)`: the export of the user's model for one of ANIMAL_TASKS."""
+    from model import train
+
+    exports: dict[str, pathlib.Path] = {}
+
+    def export(task: str) -> pathlib.Path:
+        if task not in exports:
+            _, model_fn, label_key = ANIMAL_TASKS[task]
+            output_dir = tmp_path_factory.mktemp(f"animals_train_{task}") / "out"
+            config = train.TrainConfig(
+                transform_dir=str(animals_transformed(task)),
+                output_dir=str(output_dir),
+                model_fn=f"{USER_MODULE}:{model_fn}",
+                label_key=label_key,
+                train_steps=ANIMAL_TRAIN_STEPS,
+                batch_size=ANIMAL_BATCH_SIZE,
+            )
+            exports[task] = pathlib.Path(train.run(config).extra["export_path"])
+        return exports[task]
+
+    return export
