@@ -2,7 +2,7 @@
 
     python -m beam_jobs.evaluate --model_dir=out/train/serving_model/<ts> \
         --examples_dir=out/ingest --output_dir=out/evaluation [--split=eval] \
-        [--eval_config=model/eval_config.pbtxt] \
+        [--eval_config=eval_config.pbtxt] \
         [--baseline_model_dir=<SavedModel> | --serving_dir=<push target>]
 
 Reads the raw `tf.Example`s of one split of an ingest output with a tfx_bsl TFXIO source and runs
@@ -11,6 +11,12 @@ Reads the raw `tf.Example`s of one split of an ingest output with a tfx_bsl TFXI
 `--baseline_model_dir`, or the newest version under `--serving_dir` (the last pushed, hence last
 blessed, model); candidate and baseline are evaluated in the same run. Without a baseline the
 eval config's change thresholds are skipped (TFMA's rubber stamp) and its value thresholds decide.
+
+The EvalConfig is completed from the model's contract (`tfma_config`): without `--eval_config`,
+the metrics of the model's task, overall, without thresholds (blessed: there is no bar); fields
+the export fixes (signature, prediction key, label) are filled where the config leaves them out.
+Before the pipeline, a few examples go through the model's signatures and are checked against the
+model's raw schema, so a config or data that would evaluate nothing fails in one line, exit 1.
 
 Writes TFMA's results (metrics, plots, validation result) under `tfma/`, an empty `BLESSED` or
 `NOT_BLESSED` file, `blessing.json` (candidate, baseline, every threshold with its value and
@@ -23,8 +29,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-import pathlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -35,17 +40,26 @@ import tensorflow_model_analysis as tfma
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from google.protobuf import text_format
+from tensorflow_metadata.proto.v0 import schema_pb2
 from tensorflow_model_analysis.proto import config_pb2, validation_result_pb2
 from tensorflow_model_analysis.slicer import slicer_lib
 from tensorflow_model_analysis.utils import config_util
 from tfx_bsl.public import tfxio
 
-from beam_jobs.lib import artifacts, cli, evaluation_report, layout
+from beam_jobs.lib import (
+    artifacts,
+    cli,
+    evaluation_report,
+    feature_types,
+    layout,
+    model_contract,
+    tfma_config,
+)
 from beam_jobs.lib.blessing import marker_file, write_blessing
 from beam_jobs.lib.stage_run import WriteCounts, run_beam_stage
 
 __all__ = [
-    "DEFAULT_EVAL_CONFIG",
+    "NO_THRESHOLD",
     "REPORT_FILE",
     "EvaluateConfig",
     "EvaluateExamples",
@@ -54,12 +68,16 @@ __all__ = [
     "ThresholdCheck",
     "blessing_record",
     "build_pipeline",
+    "check_model_reads_examples",
+    "config_errors",
     "load_eval_config",
     "main",
     "model_names",
     "plan_evaluation",
     "prepare_eval_config",
+    "read_contract",
     "resolve_baseline",
+    "resolve_eval_config",
     "run",
     "summary_lines",
     "threshold_checks",
@@ -67,12 +85,10 @@ __all__ = [
 
 STAGE = "evaluate"
 DEFAULT_SPLIT = "eval"
-# The demo model's config, as a file beside this package (model/ is installed next to beam_jobs/).
-DEFAULT_EVAL_CONFIG = str(
-    pathlib.Path(__file__).resolve().parents[1] / "model" / "eval_config.pbtxt"
-)
 # The files push reads, named once (in push, which reads them).
 REPORT_FILE = "report.html"
+# The summary's line when the config sets no threshold (TFMA then rubber-stamps the model).
+NO_THRESHOLD = "no threshold configured: blessed without a bar (the metrics are in the report)"
 # Examples scored in this process before the pipeline, to fail early on another data set's.
 _PROBE_EXAMPLES = 64
 _TELEMETRY = ["beam_jobs", STAGE]
@@ -86,7 +102,7 @@ class EvaluateConfig:
     examples_dir: str
     output_dir: str
     split: str = DEFAULT_SPLIT
-    eval_config: str = DEFAULT_EVAL_CONFIG
+    eval_config: str | None = None
     baseline_model_dir: str | None = None
     serving_dir: str | None = None
 
@@ -105,7 +121,11 @@ class ModelRef:
 
 @dataclasses.dataclass(frozen=True)
 class EvaluatePlan:
-    """Everything resolved before the pipeline runs."""
+    """Everything resolved before the pipeline runs.
+
+    `eval_config_source` says where the config came from (its path, or the default of the
+    model's task); `class_names` are the candidate's classes by index, when its contract has them.
+    """
 
     file_pattern: str
     expected_examples: int | None
@@ -113,6 +133,15 @@ class EvaluatePlan:
     candidate: ModelRef
     baseline: ModelRef | None
     change_thresholds_skipped: bool
+    thresholds_configured: bool = True
+    eval_config_source: str = ""
+    class_names: tuple[str, ...] | None = None
+
+    @property
+    def rubber_stamp(self) -> bool:
+        """Whether TFMA blesses without a bar: no baseline for the change thresholds, or no
+        threshold at all (TFMA would otherwise call an unbounded config not validated)."""
+        return self.change_thresholds_skipped or not self.thresholds_configured
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +175,58 @@ def load_eval_config(path: str) -> config_pb2.EvalConfig:
         return text_format.Parse(text, config_pb2.EvalConfig())
     except text_format.ParseError as error:
         raise cli.JobError(f"--eval_config={path} is not a TFMA EvalConfig: {error}") from None
+
+
+def read_contract(model: ModelRef, flag: str) -> model_contract.ModelContract | None:
+    """The model's contract, None for an export without one.
+
+    Raises:
+        cli.JobError: the export's contract file is unreadable.
+    """
+    try:
+        return model_contract.read_contract(model.path)
+    except ValueError as error:
+        raise cli.JobError(f"--{flag}={model.path}: {error}") from None
+
+
+def _output_width(model: ModelRef, contract: model_contract.ModelContract) -> int | None:
+    """The number of scores the serving signature returns per example (None if not fixed)."""
+    signature = tf.saved_model.load(model.path).signatures.get(contract.signature_name)
+    output = signature.structured_outputs.get(contract.output_key) if signature else None
+    if output is None or output.shape.rank != 2:
+        return None
+    return output.shape[-1]
+
+
+def resolve_eval_config(
+    path: str | None, candidate: ModelRef, contract: model_contract.ModelContract | None
+) -> tuple[config_pb2.EvalConfig, str]:
+    """The user's config (or the task's default), completed as TFMA needs it; and its source.
+
+    Raises:
+        cli.JobError: no config and no contract to make one from, an unreadable config, or a
+            threshold on a metric or slice the config never computes.
+    """
+    if path:
+        eval_config, source = load_eval_config(path), path
+    elif contract is None:
+        raise cli.JobError(
+            f"--model_dir={candidate.path} carries no model contract "
+            f"({model_contract.ASSETS_DIR}/{model_contract.CONTRACT_FILE}) to choose metrics "
+            "from; pass --eval_config=<TFMA EvalConfig in text format>"
+        )
+    else:
+        classes = contract.classes
+        count = len(classes) if classes else None
+        if contract.task == model_contract.MULTICLASS and count is None:
+            count = _output_width(candidate, contract)
+        eval_config = tfma_config.default_eval_config(contract.task, count)
+        source = f"default for a {contract.task} model (its contract; no --eval_config)"
+    eval_config = tfma_config.inline_keyed_thresholds(
+        tfma_config.with_model_defaults(eval_config, contract)
+    )
+    tfma_config.check_threshold_slices(eval_config)
+    return eval_config, source
 
 
 def resolve_baseline(config: EvaluateConfig) -> str | None:
@@ -266,8 +347,9 @@ def threshold_checks(
 
     Thresholds are enumerated as TFMA's validator does (`metric_thresholds_from_metrics_specs`);
     TFMA's ValidationResult lists only failures, so a threshold passed unless it is among them.
-    A failure no threshold here accounts for (a crossed slice, a slice with no examples) is
-    added as a failed check of its own, so every failure has a name.
+    A failure no threshold here accounts for (a crossed slice) is added as a failed check of its
+    own, so every failure has a name. Slices and metrics TFMA found nothing for are not checks
+    but config errors (`config_errors`).
     """
     thresholds = tfma.metrics.metric_thresholds_from_metrics_specs(
         eval_config.metrics_specs, eval_config=eval_config
@@ -303,19 +385,15 @@ def threshold_checks(
                         passed=not hits,
                     )
                 )
-    checks += _unmatched_failures(failures, matched, validation)
+    checks += _unmatched_failures(failures, matched)
     return checks
 
 
-def _unmatched_failures(
-    failures: Sequence[_Failure],
-    matched: set[int],
-    validation: validation_result_pb2.ValidationResult,
-) -> list[ThresholdCheck]:
-    """Failed checks for failures no configured threshold matched, and for missing slices."""
+def _unmatched_failures(failures: Sequence[_Failure], matched: set[int]) -> list[ThresholdCheck]:
+    """Failed checks for failures with a value that no configured threshold matched."""
     checks = []
     for index, found in enumerate(failures):
-        if index in matched:
+        if index in matched or not found.failure.HasField("metric_value"):
             continue
         configured = found.failure.metric_threshold
         threshold = (
@@ -336,20 +414,32 @@ def _unmatched_failures(
                 passed=False,
             )
         )
-    for spec in validation.missing_slices:
-        spec_text = text_format.MessageToString(spec, as_one_line=True) or "overall"
-        checks.append(
-            ThresholdCheck(
-                name=f"slice {spec_text} has examples",
-                metric=layout.EXAMPLE_COUNT_METRIC,
-                slice=spec_text,
-                kind="slice",
-                value=0.0,
-                threshold=None,
-                passed=False,
-            )
-        )
     return checks
+
+
+def config_errors(validation: validation_result_pb2.ValidationResult) -> list[str]:
+    """Where TFMA's validator found nothing to check: the config's fault, not the model's.
+
+    A threshold's metric that TFMA never computed (its failure has no value: "Metric not
+    found"), and a threshold's slice that no example fell into. Blessing or not on those would
+    judge the model on nothing.
+    """
+    reasons = [
+        f"TFMA computed no {evaluation_report.metric_label(found.key)} on slice {found.slice}, "
+        "which a threshold names"
+        for found in _failures(validation)
+        if not found.failure.HasField("metric_value")
+    ]
+    reasons += [
+        f"no example falls into slice {tfma_config.slice_spec_text(spec)}, which a threshold names"
+        for spec in validation.missing_slices
+    ]
+    reasons += [
+        f"no example falls into crossed slice {text_format.MessageToString(spec, as_one_line=True)}"
+        ", which a threshold names"
+        for spec in validation.missing_cross_slices
+    ]
+    return reasons
 
 
 def blessing_record(
@@ -429,7 +519,7 @@ def _shared_models(plan: EvaluatePlan) -> list[tfma.types.EvalSharedModel]:
             eval_saved_model_path=plan.candidate.path,
             eval_config=plan.eval_config,
             model_name=candidate,
-            rubber_stamp=plan.change_thresholds_skipped,
+            rubber_stamp=plan.rubber_stamp,
         )
     ]
     if plan.baseline is not None:
@@ -476,78 +566,165 @@ def _first_examples(file_pattern: str, count: int) -> list[bytes]:
     return []
 
 
+def _check_raw_types(
+    model: ModelRef, flag: str, file_pattern: str, example_types: Mapping[str, str]
+) -> None:
+    """Fails where a feature of the examples is typed otherwise than the model's raw schema.
+
+    The raw schema is the one the model was trained on (its contract's); an export without one
+    is checked by its signatures alone.
+    """
+    try:
+        schema = model_contract.read_raw_schema(model.path)
+    except ValueError as error:
+        raise cli.JobError(f"--{flag}={model.path}: {error}") from None
+    if schema is None:
+        return
+    for feature in schema.feature:
+        found = example_types.get(feature.name)
+        expected = schema_pb2.FeatureType.Name(feature.type)
+        if found and feature.type != schema_pb2.TYPE_UNKNOWN and found != expected:
+            raise cli.JobError(
+                f"--{flag}={model.path} cannot read the examples in {file_pattern}: feature "
+                f"{feature.name} is {found} there but {expected} in the raw schema the model was "
+                f"trained on ({model_contract.raw_schema_path(model.path)}); ingest them with "
+                "that schema (--schema) so the types agree"
+            )
+
+
+def _call_signature(
+    loaded: Any, name: str, model: ModelRef, flag: str, file_pattern: str, records: list[bytes]
+) -> dict[str, Any]:
+    """The outputs of one signature on the probe's examples, or a one-line error."""
+    signature = loaded.signatures.get(name)
+    if signature is None:
+        raise cli.JobError(
+            f"--{flag}={model.path} has no signature {name!r}, which the eval config names "
+            f"(it has {', '.join(sorted(loaded.signatures)) or 'none'})"
+        )
+    inputs = list(signature.structured_input_signature[1])
+    try:
+        return signature(**{inputs[0]: tf.constant(records)})
+    except (tf.errors.OpError, IndexError, TypeError, ValueError) as error:
+        reason = cli.tensorflow_reason(
+            error.message if isinstance(error, tf.errors.OpError) else str(error)
+        )
+        raise cli.JobError(
+            f"--{flag}={model.path} cannot read the examples in {file_pattern} through "
+            f"{name!r}: {reason}; evaluate it on examples of the data it was trained on"
+        ) from None
+
+
+def _check_keys(
+    spec: config_pb2.ModelSpec,
+    outputs: Mapping[str, Mapping[str, Any]],
+    example_features: set[str],
+    model: ModelRef,
+    flag: str,
+) -> None:
+    """Fails unless the predictions and labels the spec names exist: else TFMA scores nothing."""
+    serving = outputs[spec.signature_name or layout.SERVING_SIGNATURE]
+    predictions = [spec.prediction_key] if spec.prediction_key else [*spec.prediction_keys.values()]
+    for key in predictions:
+        if key not in serving:
+            raise cli.JobError(
+                f"eval config prediction_key {key!r}: signature {spec.signature_name!r} of "
+                f"--{flag}={model.path} returns {', '.join(sorted(serving))}"
+            )
+    transformed = {key for name in spec.preprocessing_function_names for key in outputs[name]}
+    for key in tfma_config.label_keys(spec):
+        if key not in example_features and key not in transformed:
+            through = ", ".join(spec.preprocessing_function_names)
+            found = f"nor an output of {through} ({', '.join(sorted(transformed))})"
+            raise cli.JobError(
+                f"eval config label_key {key!r} is neither a feature of the examples "
+                f"{found if through else '(and no preprocessing_function_names transform them)'}"
+                "; no example would have a label: name the label feature the model trained on"
+            )
+
+
 def check_model_reads_examples(
-    model: ModelRef, flag: str, file_pattern: str, spec: config_pb2.ModelSpec
+    model: ModelRef,
+    flag: str,
+    file_pattern: str,
+    spec: config_pb2.ModelSpec,
+    example_types: Mapping[str, str] | None = None,
 ) -> None:
     """Scores a few examples through the signatures TFMA will call, before the pipeline starts.
 
-    Examples of another data set (a feature the model requires is missing, or typed otherwise)
-    then fail here in one line, not in every Beam worker with a traceback each.
+    Examples of another data set (a feature typed otherwise than the model's raw schema says,
+    one it requires missing), or a label or prediction key that neither the examples nor the
+    model have, would fail in every Beam worker with a traceback each, or evaluate nothing;
+    here they fail in one line. `example_types` are the examples' feature types (ingest's
+    manifest records them); by default those of the probed examples.
 
     Raises:
-        cli.JobError: a signature is missing, or cannot read the examples.
+        cli.JobError: names the feature, signature or key, and what to do.
     """
     records = _first_examples(file_pattern, _PROBE_EXAMPLES)
     if not records:
         return
+    if example_types is None:
+        paths = [found.path for found in artifacts.list_files(file_pattern)]
+        example_types = feature_types.types_in_examples(paths, _PROBE_EXAMPLES)
+    _check_raw_types(model, flag, file_pattern, example_types)
     loaded = tf.saved_model.load(model.path)
-    for name in [
-        spec.signature_name or layout.SERVING_SIGNATURE,
-        *spec.preprocessing_function_names,
-    ]:
-        signature = loaded.signatures.get(name)
-        if signature is None:
-            raise cli.JobError(
-                f"--{flag}={model.path} has no signature {name!r}, which the eval config names "
-                f"(it has {', '.join(sorted(loaded.signatures)) or 'none'})"
-            )
-        inputs = list(signature.structured_input_signature[1])
-        try:
-            signature(**{inputs[0]: tf.constant(records)})
-        except (tf.errors.OpError, IndexError, TypeError, ValueError) as error:
-            reason = cli.tensorflow_reason(
-                error.message if isinstance(error, tf.errors.OpError) else str(error)
-            )
-            raise cli.JobError(
-                f"--{flag}={model.path} cannot read the examples in {file_pattern} through "
-                f"{name!r}: {reason}; evaluate it on examples of the data it was trained on"
-            ) from None
+    names = [spec.signature_name or layout.SERVING_SIGNATURE, *spec.preprocessing_function_names]
+    outputs = {
+        name: _call_signature(loaded, name, model, flag, file_pattern, records) for name in names
+    }
+    example_features = {
+        name for record in records for name in tf.train.Example.FromString(record).features.feature
+    }
+    _check_keys(spec, outputs, example_features, model, flag)
 
 
 def plan_evaluation(config: EvaluateConfig) -> EvaluatePlan:
     """Resolves examples, models and the eval config, failing early with one clear line.
 
     Raises:
-        cli.JobError: an unfinished ingest output, a missing split, a directory that is not a
-            SavedModel, or an unreadable eval config.
+        cli.JobError: an unfinished ingest output, a missing or empty split, a directory that
+            is not a SavedModel, an unreadable or unusable eval config (or none and no model
+            contract), or examples the models cannot read.
     """
     manifest = artifacts.read_manifest(
         config.examples_dir, flag="examples_dir", stages=artifacts.EXAMPLES_STAGES
     )
-    splits = manifest.splits
-    if config.split not in splits:
+    if config.split not in manifest.splits:
         raise cli.JobError(
-            f"--split={config.split}: {config.examples_dir} has splits {', '.join(splits)}"
+            f"--split={config.split}: {config.examples_dir} has splits {', '.join(manifest.splits)}"
+        )
+    expected = manifest.rows_written.get(config.split)
+    if expected == 0:
+        raise cli.JobError(
+            f"--split={config.split} of {config.examples_dir} has no examples (ingest wrote 0 "
+            "rows); nothing to evaluate: choose a split with examples"
         )
     candidate = _model_ref(config.model_dir, "model_dir")
     baseline_dir = resolve_baseline(config)
     flag = "baseline_model_dir" if config.baseline_model_dir else "serving_dir"
     baseline = _model_ref(baseline_dir, flag) if baseline_dir else None
-    eval_config, skipped = prepare_eval_config(
-        load_eval_config(config.eval_config), has_baseline=baseline is not None
-    )
+    contract = read_contract(candidate, "model_dir")
+    eval_config, source = resolve_eval_config(config.eval_config, candidate, contract)
+    eval_config, skipped = prepare_eval_config(eval_config, has_baseline=baseline is not None)
     model_names(eval_config)
     file_pattern = FileSystems.join(config.examples_dir, config.split, layout.EXAMPLES_PATTERN)
+    example_types = feature_types.recorded_or_sampled(
+        manifest, [found.path for found in artifacts.list_files(file_pattern)]
+    )
     for spec in eval_config.model_specs:
         model, flag = (baseline, flag) if spec.is_baseline else (candidate, "model_dir")
-        check_model_reads_examples(model, flag, file_pattern, spec)
+        check_model_reads_examples(model, flag, file_pattern, spec, example_types)
     return EvaluatePlan(
         file_pattern=file_pattern,
-        expected_examples=manifest.rows_written.get(config.split),
+        expected_examples=expected,
         eval_config=eval_config,
         candidate=candidate,
         baseline=baseline,
         change_thresholds_skipped=skipped,
+        thresholds_configured=tfma_config.has_thresholds(eval_config),
+        eval_config_source=source,
+        class_names=contract.classes if contract else None,
     )
 
 
@@ -557,15 +734,31 @@ def _check_counts(
     evaluated: int,
     metrics: Sequence[evaluation_report.MetricsForSlice],
 ) -> None:
-    """Fails unless ingest's rows, the rows read and TFMA's overall example count agree."""
+    """Fails unless ingest's rows, the rows read and TFMA's overall example count agree.
+
+    Zero examples evaluated, or no overall slice where the config computes one, is an error:
+    a verdict on nothing is no verdict.
+    """
     if plan.expected_examples is not None and evaluated != plan.expected_examples:
         raise cli.JobError(
             f"split {config.split}: evaluated {evaluated} examples but ingest wrote "
             f"{plan.expected_examples}; {config.examples_dir} was changed or records were lost, "
             "nothing published"
         )
+    if not evaluated:
+        raise cli.JobError(
+            f"split {config.split} of {config.examples_dir} has no examples; nothing to evaluate"
+        )
+    sliced_metrics = evaluation_report.sliced_values(metrics)
+    specs = plan.eval_config.slicing_specs
+    overall = not specs or any(tfma_config.is_overall(spec) for spec in specs)
+    if overall and not any(not sliced.slice_key for sliced in sliced_metrics):
+        raise cli.JobError(
+            f"TFMA's results have no overall slice, of {evaluated} examples read: it evaluated "
+            "none; nothing published"
+        )
     candidate, _ = model_names(plan.eval_config)
-    for sliced in evaluation_report.sliced_values(metrics):
+    for sliced in sliced_metrics:
         for key, value in sliced.values.items():
             if (
                 not sliced.slice_key
@@ -580,16 +773,17 @@ def _check_counts(
 
 
 def _context_lines(config: EvaluateConfig, plan: EvaluatePlan, evaluated: int) -> list[str]:
-    baseline = (
-        f"Baseline: {plan.baseline.path} (fingerprint {plan.baseline.fingerprint[:12]})"
-        if plan.baseline
-        else "Baseline: none (nothing serves yet): change thresholds skipped"
-    )
+    if plan.baseline:
+        baseline = f"Baseline: {plan.baseline.path} (fingerprint {plan.baseline.fingerprint[:12]})"
+    elif plan.change_thresholds_skipped:
+        baseline = "Baseline: none (nothing serves yet): change thresholds skipped"
+    else:
+        baseline = "Baseline: none"
     return [
         f"Candidate: {plan.candidate.path} (fingerprint {plan.candidate.fingerprint[:12]})",
         baseline,
         f"Examples: {evaluated:,} of split {config.split} of {config.examples_dir}",
-        f"Eval config: {config.eval_config}",
+        f"Eval config: {plan.eval_config_source}",
     ]
 
 
@@ -606,6 +800,13 @@ def _write_outputs(
     metrics = list(tfma.load_metrics(results_dir))
     _check_counts(config, plan, evaluated, metrics)
     validation = tfma.load_validation_result(results_dir)
+    reasons = config_errors(validation)
+    if reasons:
+        more = f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else ""
+        raise cli.JobError(
+            f"eval config: {reasons[0]}{more} in split {config.split}; the threshold checks "
+            "nothing there: fix its metric or slice; nothing published"
+        )
     checks = threshold_checks(plan.eval_config, metrics, validation)
     blessing = blessing_record(
         validation=validation,
@@ -622,6 +823,7 @@ def _write_outputs(
         metrics,
         tfma.load_plots(results_dir),
         model_names(plan.eval_config),
+        class_names=plan.class_names,
     )
     _write_text(staged.path(REPORT_FILE), page)
     return blessing
@@ -631,8 +833,9 @@ def _inputs(config: EvaluateConfig, plan: EvaluatePlan) -> dict[str, Any]:
     inputs = {
         "examples": artifacts.input_fingerprint(config.examples_dir),
         "model": dataclasses.asdict(plan.candidate),
-        "eval_config": artifacts.file_fingerprint(config.eval_config),
     }
+    if config.eval_config:
+        inputs["eval_config"] = artifacts.file_fingerprint(config.eval_config)
     if plan.baseline:
         inputs["baseline_model"] = dataclasses.asdict(plan.baseline)
     return inputs
@@ -646,6 +849,8 @@ def summary_lines(blessing: dict[str, Any]) -> list[str]:
     ]
     if blessing["change_thresholds_skipped"]:
         lines.append("no baseline model: change thresholds skipped, value thresholds decided")
+    elif not blessing["thresholds"]:
+        lines.append(NO_THRESHOLD)
     lines.append(marker_file(blessing["blessed"]))
     return lines
 
@@ -688,6 +893,7 @@ def run(config: EvaluateConfig, options: PipelineOptions) -> dict[str, Any]:
             extra={
                 "blessed": blessing["blessed"],
                 "change_thresholds_skipped": plan.change_thresholds_skipped,
+                "eval_config": plan.eval_config_source,
             },
         )
     click.echo("\n".join(summary_lines(blessing)))
@@ -705,7 +911,12 @@ def run(config: EvaluateConfig, options: PipelineOptions) -> dict[str, Any]:
 @click.option("--model_dir", required=True, help="Candidate SavedModel (serving_model/<ts>).")
 @click.option("--examples_dir", required=True, help="An ingest output directory (with manifest).")
 @click.option("--split", default=DEFAULT_SPLIT, help="Split of --examples_dir to evaluate on.")
-@click.option("--eval_config", default=DEFAULT_EVAL_CONFIG, help="TFMA EvalConfig in text format.")
+@click.option(
+    "--eval_config",
+    default=None,
+    help="TFMA EvalConfig in text format [default: the metrics of the model's task, from its "
+    "contract, without thresholds].",
+)
 @click.option(
     "--output_dir", required=True, help="Directory to write results, blessing and report."
 )
@@ -719,7 +930,7 @@ def main(
     model_dir: str,
     examples_dir: str,
     split: str,
-    eval_config: str,
+    eval_config: str | None,
     output_dir: str,
     baseline_model_dir: str | None,
     serving_dir: str | None,
