@@ -5,6 +5,11 @@ record to one standalone HTML page, readable offline and without Jupyter: tables
 every slice, fairness indicators per slice, and the plots TFMA computes (ROC and precision-recall
 curves from its confusion matrices at thresholds, the calibration plot from its histogram) drawn
 with matplotlib's Agg renderer and embedded as PNG data. The page layout is `reports`' own.
+
+What is shown follows what TFMA computed, whatever the task: a binary model's ROC and calibration
+plots; a multi-class model's precision and recall per class (metrics binarized by class id) and
+its confusion matrix, with the class names of the model's contract where known; a regression
+model's errors in the metric tables.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import dataclasses
 import html
 import io
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import tensorflow_model_analysis as tfma
@@ -25,10 +30,14 @@ from tensorflow_model_analysis.slicer import slicer_lib
 from beam_jobs.lib import reports
 
 __all__ = [
+    "NO_PREDICTION",
     "OVERALL",
+    "ConfusionMatrix",
     "Curves",
     "SlicedValues",
     "calibration_points",
+    "class_label",
+    "confusion_matrices",
     "curves_by_model",
     "evaluation_html",
     "metric_label",
@@ -48,8 +57,12 @@ FAIRNESS_SHOWN = {"false_positive_rate": "FPR", "false_negative_rate": "FNR"}
 MAX_SLICES_PER_PLOT = 12
 _DPI = 100
 
+# TFMA's predicted class id where no class scored above the matrix's threshold.
+NO_PREDICTION = -1
+
 MetricsForSlice = metrics_for_slice_pb2.MetricsForSlice
 PlotsForSlice = metrics_for_slice_pb2.PlotsForSlice
+ConfusionMatrix = dict[tuple[int, int], float]  # (actual, predicted) class ids → examples
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,9 +119,23 @@ def sliced_values(metrics: Iterable[MetricsForSlice]) -> list[SlicedValues]:
     return sorted(result, key=lambda item: (bool(item.slice_key), item.name))
 
 
-def metric_label(key: tfma.metrics.MetricKey) -> str:
-    """A metric's readable name: its TFMA name, with its sub key (`top_k:3`) if any."""
-    return f"{key.name} ({key.sub_key})" if key.sub_key else key.name
+def class_label(class_id: int, class_names: Sequence[str] | None) -> str:
+    """A class's name from the contract's classes, else `class <id>`."""
+    if class_names is not None and 0 <= class_id < len(class_names):
+        return class_names[class_id]
+    return f"class {class_id}"
+
+
+def metric_label(key: tfma.metrics.MetricKey, class_names: Sequence[str] | None = None) -> str:
+    """A metric's readable name: its TFMA name, with its sub key (`top_k:3`) if any.
+
+    With `class_names`, a per-class metric is named by its class (`precision (owl)`).
+    """
+    if not key.sub_key:
+        return key.name
+    if class_names is not None and key.sub_key.class_id is not None:
+        return f"{key.name} ({class_label(key.sub_key.class_id, class_names)})"
+    return f"{key.name} ({key.sub_key})"
 
 
 def roc_points(
@@ -155,21 +182,55 @@ def calibration_points(
     return points
 
 
-def curves_by_model(plots: Iterable[PlotsForSlice]) -> dict[str, dict[str, Curves]]:
-    """Plot points by slice name, then by model name (`""` for a single model)."""
-    result: dict[str, dict[str, Curves]] = {}
+def _single_slices(plots: Iterable[PlotsForSlice]) -> Iterator[tuple[str, Any]]:
+    """(slice name, plot item) of every plot of a single (not crossed) slice."""
     for sliced in plots:
         if sliced.HasField("cross_slice_key"):
             continue
         name = slice_name(slicer_lib.deserialize_slice_key(sliced.slice_key))
         for item in sliced.plot_keys_and_values:
-            curves = result.setdefault(name, {}).setdefault(item.key.model_name, Curves())
-            if item.value.HasField("confusion_matrix_at_thresholds"):
-                matrices = item.value.confusion_matrix_at_thresholds.matrices
-                curves.roc, curves.pr = roc_points(matrices), pr_points(matrices)
-            if item.value.HasField("calibration_histogram_buckets"):
-                buckets = item.value.calibration_histogram_buckets.buckets
-                curves.calibration = calibration_points(buckets)
+            yield name, item
+
+
+def curves_by_model(plots: Iterable[PlotsForSlice]) -> dict[str, dict[str, Curves]]:
+    """Binary plot points by slice name, then by model name (`""` for a single model).
+
+    Slices and models without ROC, precision-recall or calibration data are left out.
+    """
+    result: dict[str, dict[str, Curves]] = {}
+    for name, item in _single_slices(plots):
+        binary = item.value.HasField("confusion_matrix_at_thresholds")
+        calibration = item.value.HasField("calibration_histogram_buckets")
+        if not binary and not calibration:
+            continue
+        curves = result.setdefault(name, {}).setdefault(item.key.model_name, Curves())
+        if binary:
+            matrices = item.value.confusion_matrix_at_thresholds.matrices
+            curves.roc, curves.pr = roc_points(matrices), pr_points(matrices)
+        if calibration:
+            buckets = item.value.calibration_histogram_buckets.buckets
+            curves.calibration = calibration_points(buckets)
+    return result
+
+
+def confusion_matrices(plots: Iterable[PlotsForSlice]) -> dict[str, dict[str, ConfusionMatrix]]:
+    """Multi-class confusion matrices by slice name, then model name.
+
+    TFMA's `MultiClassConfusionMatrixPlot` holds one matrix per threshold; by default one, at
+    threshold 0: each example counted at its top class. The first matrix is taken.
+    """
+    result: dict[str, dict[str, ConfusionMatrix]] = {}
+    for name, item in _single_slices(plots):
+        if not item.value.HasField("multi_class_confusion_matrix_at_thresholds"):
+            continue
+        matrices = item.value.multi_class_confusion_matrix_at_thresholds.matrices
+        if not matrices:
+            continue
+        counts = {
+            (entry.actual_class_id, entry.predicted_class_id): entry.num_weighted_examples
+            for entry in matrices[0].entries
+        }
+        result.setdefault(name, {})[item.key.model_name] = counts
     return result
 
 
@@ -237,9 +298,13 @@ def _group(item: SlicedValues) -> str:
 
 
 def _metric_table(
-    slices: Sequence[SlicedValues], candidate: str, baseline: str | None, compared: set[str]
+    slices: Sequence[SlicedValues],
+    models: tuple[str, str | None],
+    compared: set[str],
+    class_names: Sequence[str] | None,
 ) -> str:
     """One row per slice: the candidate's metrics, and baseline and change of `compared` ones."""
+    candidate, baseline = models
     keys = []
     for item in slices:
         for key in item.values:
@@ -250,12 +315,13 @@ def _metric_table(
                 and key not in keys
             ):
                 keys.append(key)
-    header = ["slice", *(metric_label(key) for key in keys)]
+    header = ["slice", *(metric_label(key, class_names) for key in keys)]
     columns = list(keys)
     if baseline is not None:
         for key in keys:
             if key.name in compared:
-                header += [f"{metric_label(key)} baseline", f"{metric_label(key)} change"]
+                label = metric_label(key, class_names)
+                header += [f"{label} baseline", f"{label} change"]
                 columns += [key._replace(model_name=baseline), key._replace(is_diff=True)]
     rows = [[item.name, *(_cell(item.values.get(key)) for key in columns)] for item in slices]
     return reports.table(header, rows)
@@ -285,6 +351,43 @@ def _fairness_table(slices: Sequence[SlicedValues], candidate: str) -> str:
     return reports.table(header, rows)
 
 
+def _per_class_table(
+    overall: SlicedValues, candidate: str, class_names: Sequence[str] | None
+) -> str:
+    """One row per class: the candidate's per-class metrics (binarized by class id), overall."""
+    by_class: dict[int, dict[str, float]] = {}
+    for key, value in overall.values.items():
+        class_id = key.sub_key.class_id if key.sub_key else None
+        if key.model_name == candidate and not key.is_diff and class_id is not None:
+            by_class.setdefault(class_id, {})[key.name] = value
+    if not by_class:
+        return ""
+    names = sorted({name for values in by_class.values() for name in values})
+    rows = [
+        [class_label(class_id, class_names), *(_cell(by_class[class_id].get(n)) for n in names)]
+        for class_id in sorted(by_class)
+    ]
+    return reports.table(["class", *names], rows)
+
+
+def _confusion_table(matrix: ConfusionMatrix, class_names: Sequence[str] | None) -> str:
+    """Rows: the actual class; columns: the predicted one (and `none` below the threshold)."""
+    actual = sorted({pair[0] for pair in matrix})
+    predicted = sorted({pair[1] for pair in matrix} | set(actual))
+    if NO_PREDICTION in predicted:
+        predicted = [*(c for c in predicted if c != NO_PREDICTION), NO_PREDICTION]
+    header = [
+        "actual \\ predicted",
+        *("none" if c == NO_PREDICTION else class_label(c, class_names) for c in predicted),
+    ]
+    rows = [
+        [class_label(a, class_names), *(_cell(matrix.get((a, p), 0.0)) for p in predicted)]
+        for a in actual
+        if a != NO_PREDICTION
+    ]
+    return reports.table(header, rows)
+
+
 def _thresholds_section(blessing: Mapping[str, Any]) -> list[str]:
     verdict = (
         '<h2 class="ok">BLESSED</h2>' if blessing["blessed"] else '<h2 class="bad">NOT BLESSED</h2>'
@@ -304,7 +407,57 @@ def _thresholds_section(blessing: Mapping[str, Any]) -> list[str]:
             "<p>No baseline model (nothing serves yet): change thresholds were skipped, "
             "value thresholds decided.</p>"
         )
-    body.append(reports.table(["threshold", "value", "bound", "result"], rows))
+    elif not blessing["thresholds"]:
+        body.append(
+            "<p>No threshold was configured: the model is blessed without a bar. Read its "
+            "metrics below before you push it.</p>"
+        )
+    if rows:
+        body.append(reports.table(["threshold", "value", "bound", "result"], rows))
+    return body
+
+
+def _classes_section(
+    slices: Sequence[SlicedValues],
+    matrices: Mapping[str, Mapping[str, ConfusionMatrix]],
+    candidate: str,
+    class_names: Sequence[str] | None,
+) -> list[str]:
+    """A multi-class model's precision and recall per class and its confusion matrix, overall."""
+    body = []
+    overall = next((item for item in slices if not item.slice_key), None)
+    per_class = _per_class_table(overall, candidate, class_names) if overall else ""
+    if per_class:
+        body += ["<h2>Per class (overall)</h2>", per_class]
+    matrix = matrices.get(OVERALL, {}).get(candidate)
+    if matrix:
+        body += ["<h2>Confusion matrix (overall)</h2>", _confusion_table(matrix, class_names)]
+    return body
+
+
+def _group_section(
+    group: str,
+    members: Sequence[SlicedValues],
+    curves: Mapping[str, Mapping[str, Curves]],
+    models: tuple[str, str | None],
+    compared: set[str],
+    class_names: Sequence[str] | None,
+) -> list[str]:
+    """The metrics of one slicing group, its slices' ROC curves (binary) and fairness."""
+    candidate = models[0]
+    heading = "(overall)" if group == OVERALL else f"by {html.escape(group)}"
+    body = [f"<h2>Metrics {heading}</h2>", _metric_table(members, models, compared, class_names)]
+    roc = {
+        item.name: curves[item.name][candidate].roc
+        for item in members
+        if curves.get(item.name, {}).get(candidate, Curves()).roc
+    }
+    if group != OVERALL and roc and len(members) <= MAX_SLICES_PER_PLOT:
+        plot_title = f"candidate by {group}"
+        body.append(_image(slices_roc_png(roc, plot_title), plot_title))
+    fairness = _fairness_table(members, candidate)
+    if fairness:
+        body += [f"<h3>Fairness indicators {heading}</h3>", fairness]
     return body
 
 
@@ -315,6 +468,8 @@ def evaluation_html(
     metrics: Iterable[MetricsForSlice],
     plots: Iterable[PlotsForSlice],
     model_names: tuple[str, str | None],
+    *,
+    class_names: Sequence[str] | None = None,
 ) -> str:
     """The standalone report page of one evaluation.
 
@@ -325,8 +480,9 @@ def evaluation_html(
         metrics: TFMA's metrics of every slice.
         plots: TFMA's plots of every slice.
         model_names: TFMA's names of the candidate and of the baseline (None without one).
+        class_names: the classes by class id (the model contract's), to name per-class rows.
     """
-    candidate, baseline = model_names
+    plots = list(plots)
     body = [f"<p>{html.escape(line)}</p>" for line in context]
     body += _thresholds_section(blessing)
     slices = sliced_values(metrics)
@@ -337,19 +493,7 @@ def evaluation_html(
     curves = curves_by_model(plots)
     if OVERALL in curves:
         body += ["<h2>Plots (overall)</h2>", _image(plot_png(curves[OVERALL], OVERALL), OVERALL)]
+    body += _classes_section(slices, confusion_matrices(plots), model_names[0], class_names)
     for group, members in groups.items():
-        heading = "(overall)" if group == OVERALL else f"by {html.escape(group)}"
-        body.append(f"<h2>Metrics {heading}</h2>")
-        body.append(_metric_table(members, candidate, baseline, compared))
-        if group != OVERALL and len(members) <= MAX_SLICES_PER_PLOT:
-            roc = {
-                item.name: curves[item.name][candidate].roc
-                for item in members
-                if candidate in curves.get(item.name, {})
-            }
-            plot_title = f"candidate by {group}"
-            body.append(_image(slices_roc_png(roc, plot_title), plot_title))
-        fairness = _fairness_table(members, candidate)
-        if fairness:
-            body += [f"<h3>Fairness indicators {heading}</h3>", fairness]
+        body += _group_section(group, members, curves, model_names, compared, class_names)
     return reports.page(title, body)
