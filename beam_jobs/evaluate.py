@@ -342,6 +342,7 @@ def threshold_checks(
     eval_config: config_pb2.EvalConfig,
     metrics: Sequence[evaluation_report.MetricsForSlice],
     validation: validation_result_pb2.ValidationResult,
+    class_names: Sequence[str] | None = None,
 ) -> list[ThresholdCheck]:
     """Every threshold of the eval config on every slice it covers, passed or failed.
 
@@ -349,7 +350,8 @@ def threshold_checks(
     TFMA's ValidationResult lists only failures, so a threshold passed unless it is among them.
     A failure no threshold here accounts for (a crossed slice) is added as a failed check of its
     own, so every failure has a name. Slices and metrics TFMA found nothing for are not checks
-    but config errors (`config_errors`).
+    but config errors (`config_errors`). A per-class metric is named by its class where
+    `class_names` (the contract's) are known.
     """
     thresholds = tfma.metrics.metric_thresholds_from_metrics_specs(
         eval_config.metrics_specs, eval_config=eval_config
@@ -373,11 +375,12 @@ def threshold_checks(
                     and _failed(found.failure, threshold)
                 ]
                 matched.update(hits)
-                kind, rule, bound = _bound_text(evaluation_report.metric_label(key), threshold)
+                label = evaluation_report.metric_label(key, class_names)
+                kind, rule, bound = _bound_text(label, threshold)
                 checks.append(
                     ThresholdCheck(
                         name=f"{rule} ({sliced.name})",
-                        metric=evaluation_report.metric_label(key),
+                        metric=label,
                         slice=sliced.name,
                         kind=kind,
                         value=sliced.values.get(key),
@@ -385,11 +388,13 @@ def threshold_checks(
                         passed=not hits,
                     )
                 )
-    checks += _unmatched_failures(failures, matched)
+    checks += _unmatched_failures(failures, matched, class_names)
     return checks
 
 
-def _unmatched_failures(failures: Sequence[_Failure], matched: set[int]) -> list[ThresholdCheck]:
+def _unmatched_failures(
+    failures: Sequence[_Failure], matched: set[int], class_names: Sequence[str] | None
+) -> list[ThresholdCheck]:
     """Failed checks for failures with a value that no configured threshold matched."""
     checks = []
     for index, found in enumerate(failures):
@@ -401,7 +406,7 @@ def _unmatched_failures(failures: Sequence[_Failure], matched: set[int]) -> list
             if configured.HasField("change_threshold")
             else configured.value_threshold
         )
-        metric = evaluation_report.metric_label(found.key)
+        metric = evaluation_report.metric_label(found.key, class_names)
         kind, rule, bound = _bound_text(metric, threshold)
         checks.append(
             ThresholdCheck(
@@ -807,7 +812,7 @@ def _write_outputs(
             f"eval config: {reasons[0]}{more} in split {config.split}; the threshold checks "
             "nothing there: fix its metric or slice; nothing published"
         )
-    checks = threshold_checks(plan.eval_config, metrics, validation)
+    checks = threshold_checks(plan.eval_config, metrics, validation, plan.class_names)
     blessing = blessing_record(
         validation=validation,
         checks=checks,

@@ -319,8 +319,8 @@ def _metric_table(
     columns = list(keys)
     if baseline is not None:
         for key in keys:
-            if key.name in compared:
-                label = metric_label(key, class_names)
+            label = metric_label(key, class_names)
+            if label in compared:
                 header += [f"{label} baseline", f"{label} change"]
                 columns += [key._replace(model_name=baseline), key._replace(is_diff=True)]
     rows = [[item.name, *(_cell(item.values.get(key)) for key in columns)] for item in slices]
