@@ -2,7 +2,7 @@
 
     python -m beam_jobs.evaluate --model_dir=out/train/serving_model/<ts> \
         --examples_dir=out/ingest --output_dir=out/evaluation [--split=eval] \
-        [--eval_config=eval_config.pbtxt] \
+        [--eval_config=<EvalConfig.pbtxt>] \
         [--baseline_model_dir=<SavedModel> | --serving_dir=<push target>]
 
 Reads the raw `tf.Example`s of one split of an ingest output with a tfx_bsl TFXIO source and runs

@@ -24,13 +24,11 @@ from beam_jobs import evaluate
 from beam_jobs.lib import artifacts, cli, evaluation_report, layout
 from model import features
 from tests import browser
-from tests.conftest import REPO_ROOT, direct_options
+from tests.conftest import DEMO_EVAL_CONFIG, REPO_ROOT, direct_options
 
 BAD_TRAIN_STEPS = 1  # Seeded initial weights and one step: eval AUC 0.489 on the 2015 data.
 AUC_VALUE_CHECK = "auc >= 0.6 (overall)"
 AUC_CHANGE_CHECK = "auc change >= +0.01 vs baseline (overall)"
-# The demo's config: beam_jobs knows nothing of it, its callers name it.
-DEMO_EVAL_CONFIG = REPO_ROOT / "model" / "eval_config.pbtxt"
 
 
 def demo_eval_config() -> config_pb2.EvalConfig:
