@@ -639,12 +639,13 @@ def _check_keys(
     transformed = {key for name in spec.preprocessing_function_names for key in outputs[name]}
     for key in tfma_config.label_keys(spec):
         if key not in example_features and key not in transformed:
-            through = ", ".join(spec.preprocessing_function_names)
-            found = f"nor an output of {through} ({', '.join(sorted(transformed))})"
+            found = f"a feature of the examples ({', '.join(sorted(example_features))})"
+            if spec.preprocessing_function_names:
+                through = ", ".join(spec.preprocessing_function_names)
+                found += f" nor an output of {through} ({', '.join(sorted(transformed))})"
             raise cli.JobError(
-                f"eval config label_key {key!r} is neither a feature of the examples "
-                f"{found if through else '(and no preprocessing_function_names transform them)'}"
-                "; no example would have a label: name the label feature the model trained on"
+                f"eval config label_key {key!r} is neither {found}: no example would have a "
+                "label; name the label the model was trained on"
             )
 
 

@@ -88,9 +88,9 @@ def with_model_defaults(
     """A copy with the model spec fields the export fixes filled in where the user left them out.
 
     `signature_name` and `prediction_key` come from the contract (else this project's
-    `serving_default` and `outputs`); a missing label becomes the contract's transformed label,
-    read through the export's transform signature, as the demo's config does by hand. A config
-    without model specs gets one.
+    `serving_default` and `outputs`); a missing label becomes the contract's transformed label.
+    The transformed label is read through the export's transform signature, as the demo's
+    config does by hand: TFMA finds it nowhere else. A config without model specs gets one.
     """
     updated = config_pb2.EvalConfig()
     updated.CopyFrom(eval_config)
@@ -101,10 +101,13 @@ def with_model_defaults(
             spec.signature_name = contract.signature_name if contract else layout.SERVING_SIGNATURE
         if not spec.prediction_key and not spec.prediction_keys:
             spec.prediction_key = contract.output_key if contract else layout.OUTPUT_KEY
-        if contract and not spec.label_key and not spec.label_keys:
+        if contract is None:
+            continue
+        if not spec.label_key and not spec.label_keys:
             spec.label_key = contract.transformed_label_key
-            if contract.transform_signature not in spec.preprocessing_function_names:
-                spec.preprocessing_function_names.append(contract.transform_signature)
+        transformed = contract.transformed_label_key in label_keys(spec)
+        if transformed and contract.transform_signature not in spec.preprocessing_function_names:
+            spec.preprocessing_function_names.append(contract.transform_signature)
     return updated
 
 
