@@ -9,6 +9,7 @@ from click.testing import CliRunner, Result
 
 from beam_jobs import evaluate, push
 from beam_jobs.lib import artifacts, cli, layout
+from tests.conftest import DEMO_EVAL_CONFIG
 
 # Eval AUC 0.620: passes AUC >= 0.60, but is not +0.01 over the demo model's 0.639 (and the demo
 # model is +0.019 over it).
@@ -25,6 +26,7 @@ def run_evaluate(model_dir: pathlib.Path, examples_dir, output_dir, serving_dir)
             f"--examples_dir={examples_dir}",
             f"--output_dir={output_dir}",
             f"--serving_dir={serving_dir}",
+            f"--eval_config={DEMO_EVAL_CONFIG}",
         ],
     )
 
