@@ -250,16 +250,26 @@ def test_keyed_thresholds_move_into_their_metric_under_the_keys_tfma_computes():
           per_slice_thresholds {{
             key: "auc" value {{ thresholds {{ slicing_specs {{}} threshold {{ {VALUE % 0.8} }} }} }}
           }}
+          cross_slice_thresholds {{
+            key: "auc"
+            value {{
+              thresholds {{
+                cross_slicing_specs {{ baseline_spec {{}} slicing_specs {{ feature_keys: "a" }} }}
+                threshold {{ {CHANGE % 0.1} }}
+              }}
+            }}
+          }}
         }}
         """,
         config_pb2.EvalConfig(),
     )
     inlined = tfma_config.inline_keyed_thresholds(config)
     (spec,) = inlined.metrics_specs
-    assert not spec.thresholds and not spec.per_slice_thresholds
+    assert not spec.thresholds and not spec.per_slice_thresholds and not spec.cross_slice_thresholds
     auc, accuracy = spec.metrics
     assert auc.threshold.value_threshold.lower_bound.value == 0.7
     assert auc.per_slice_thresholds[0].threshold.value_threshold.lower_bound.value == 0.8
+    assert auc.cross_slice_thresholds[0].threshold.change_threshold.absolute.value == 0.1
     assert accuracy.threshold.value_threshold.lower_bound.value == 0.5
     assert accuracy.threshold.change_threshold.absolute.value == 0.01
     keys = tfma.metrics.metric_thresholds_from_metrics_specs(inlined.metrics_specs)

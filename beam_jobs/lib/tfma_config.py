@@ -153,7 +153,8 @@ def _merge_threshold(
 
 
 def inline_keyed_thresholds(eval_config: config_pb2.EvalConfig) -> config_pb2.EvalConfig:
-    """A copy where `MetricsSpec.thresholds` / `per_slice_thresholds` moved into their metrics.
+    """A copy where `MetricsSpec.thresholds`, `per_slice_thresholds` and `cross_slice_thresholds`
+    moved into the metrics they name.
 
     The result validates the same bounds on the same slices, under the keys TFMA computes.
 
@@ -163,7 +164,7 @@ def inline_keyed_thresholds(eval_config: config_pb2.EvalConfig) -> config_pb2.Ev
     updated = config_pb2.EvalConfig()
     updated.CopyFrom(eval_config)
     for spec in updated.metrics_specs:
-        if not spec.thresholds and not spec.per_slice_thresholds:
+        if not (spec.thresholds or spec.per_slice_thresholds or spec.cross_slice_thresholds):
             continue
         named = _metric_names(spec)
         for name, threshold in spec.thresholds.items():
@@ -174,8 +175,12 @@ def inline_keyed_thresholds(eval_config: config_pb2.EvalConfig) -> config_pb2.Ev
             if name not in named:
                 raise _unknown_metric("per_slice_thresholds", name, named)
             named[name].per_slice_thresholds.extend(per_slice.thresholds)
-        spec.ClearField("thresholds")
-        spec.ClearField("per_slice_thresholds")
+        for name, cross_slice in spec.cross_slice_thresholds.items():
+            if name not in named:
+                raise _unknown_metric("cross_slice_thresholds", name, named)
+            named[name].cross_slice_thresholds.extend(cross_slice.thresholds)
+        for field in ("thresholds", "per_slice_thresholds", "cross_slice_thresholds"):
+            spec.ClearField(field)
     return updated
 
 
