@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import itertools
 import json
 import pathlib
@@ -15,7 +16,7 @@ from click.testing import CliRunner
 from tensorflow_serving.apis import prediction_log_pb2
 
 from beam_jobs import infer
-from beam_jobs.lib import artifacts, cli, example_json, layout, records
+from beam_jobs.lib import artifacts, cli, example_json, layout, model_contract, records
 from tests.conftest import CURATED_SCHEMA, DEMO_TRAIN_STEPS, direct_options
 
 _SERVE_BATCH = 2048
@@ -61,6 +62,32 @@ def test_tracking_id_is_the_id_column_or_a_stable_hash():
     assert len(hashed) == 32 and hashed == infer.tracking_id(example, serialized, None)
     with pytest.raises(ValueError, match="--id_column=state: needs one value, found 0"):
         infer.tracking_id(example, serialized, "state")
+
+
+def test_prediction_fields_follow_the_contract_task():
+    species = model_contract.ModelContract(
+        model_contract.MULTICLASS, "species_xf", "species", ("cat", "dog", "owl")
+    )
+    values = np.array([0.25, 0.5, 0.25], np.float32)
+    assert infer.prediction_fields(values, species) == {
+        "score": 0.5,
+        "scores": [0.25, 0.5, 0.25],
+        "top_class": "dog",
+        "top_class_id": 1,
+    }
+    tie = infer.prediction_fields(np.array([0.4, 0.2, 0.4], np.float32), species)
+    assert (tie["top_class"], tie["top_class_id"]) == ("cat", 0)  # The first of equal maxima.
+    unnamed = dataclasses.replace(species, classes=None)
+    assert infer.prediction_fields(values, unnamed)["top_class"] == "1"
+    with pytest.raises(ValueError, match=r"2 value\(s\) are not one score per class"):
+        infer.prediction_fields(values[:2], species)
+    for task in (model_contract.BINARY, model_contract.REGRESSION):
+        contract = model_contract.ModelContract(task, "y_xf", "y")
+        assert infer.prediction_fields(np.array([0.75], np.float32), contract) == {"score": 0.75}
+        with pytest.raises(ValueError, match=f"a {task} model outputs 1 value, this one 3"):
+            infer.prediction_fields(values, contract)
+    assert infer.prediction_fields(values, None) == {"score": [0.25, 0.5, 0.25]}
+    assert infer.prediction_fields(values[:1], None) == {"score": 0.25}
 
 
 def test_eval_split_scores_equal_serving_default(
