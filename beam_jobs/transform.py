@@ -1,7 +1,7 @@
 """Transform: TensorFlow Transform's analyze-and-transform on ingested `tf.Example`s.
 
     python -m beam_jobs.transform --examples_dir=out/ingest --schema=schema.pbtxt \
-        --output_dir=out/transform [--preprocessing_fn=model.preprocessing:preprocessing_fn] \
+        --output_dir=out/transform --preprocessing_fn=my_module.py:preprocessing_fn \
         [--analyze_splits=train] [--transform_splits=train,eval]
 
 Reads the raw examples through a `tfx_bsl` TFXIO source built from the schema, runs the
@@ -39,7 +39,6 @@ from beam_jobs.lib.splits import fingerprint
 from beam_jobs.lib.stage_run import WriteCounts, run_beam_stage
 
 __all__ = [
-    "DEFAULT_PREPROCESSING_FN",
     "AnalyzeSplits",
     "TransformConfig",
     "TransformPlan",
@@ -54,7 +53,6 @@ __all__ = [
 ]
 
 STAGE = "transform"
-DEFAULT_PREPROCESSING_FN = "model.preprocessing:preprocessing_fn"
 DEFAULT_ANALYZE_SPLITS = "train"
 EXAMPLES_TRANSFORMED = "examples_transformed"
 _TFT_TEMP_DIR = ".tft_tmp"
@@ -72,7 +70,7 @@ class TransformConfig:
     examples_dir: str
     schema: str
     output_dir: str
-    preprocessing_fn: str = DEFAULT_PREPROCESSING_FN
+    preprocessing_fn: str
     analyze_splits: str = DEFAULT_ANALYZE_SPLITS
     transform_splits: str | None = None
 
@@ -423,8 +421,9 @@ def run(config: TransformConfig, options: PipelineOptions) -> dict[str, Any]:
 )
 @click.option(
     "--preprocessing_fn",
-    default=DEFAULT_PREPROCESSING_FN,
-    help="The TFT preprocessing function: package.module:function or path/to/file.py:function.",
+    required=True,
+    help="The TFT preprocessing function: package.module:function or path/to/file.py:function "
+    "(the demo's: model.preprocessing:preprocessing_fn).",
 )
 @click.option(
     "--analyze_splits",

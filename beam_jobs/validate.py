@@ -32,10 +32,12 @@ __all__ = [
     "ENVIRONMENTS",
     "REPORT_FILE",
     "ValidateConfig",
+    "fields_to_relax",
     "has_anomalies",
     "load_or_infer_schema",
     "main",
     "pick_split",
+    "relax_hint",
     "run",
     "summary_lines",
     "validate_split",
@@ -95,18 +97,18 @@ def pick_split(by_split: Mapping[str, StatsList], split: str, flag: str) -> Stat
 
 def load_or_infer_schema(
     schema_path: str, by_split: Mapping[str, StatsList]
-) -> tuple[schema_pb2.Schema, bool]:
+) -> tuple[schema_pb2.Schema, str | None]:
     """The schema at `schema_path`, or one inferred from the train split and written there.
 
     Returns:
-        The schema, and whether it was inferred now.
+        The schema, and the split it was inferred from now (None: it existed).
 
     Raises:
         cli.JobError: the file is not a schema.
     """
     if FileSystems.exists(schema_path):
         try:
-            return tfdv_io.read_schema(schema_path), False
+            return tfdv_io.read_schema(schema_path), None
         except Exception as error:  # text_format.ParseError, or a decoding error.
             raise cli.JobError(f"--schema={schema_path} is not a TFDV schema: {error}") from None
     source = TRAIN_SPLIT if TRAIN_SPLIT in by_split else next(iter(by_split))
@@ -119,7 +121,7 @@ def load_or_infer_schema(
         f"validate: no schema at {schema_path}: inferred one from the {source} statistics and "
         "wrote it there; curate and commit it"
     )
-    return schema, True
+    return schema, source
 
 
 def _environment(schema: schema_pb2.Schema, requested: str) -> str | None:
@@ -150,6 +152,56 @@ def validate_split(
         environment=environment,
         previous_statistics=baseline,
         serving_statistics=serving,
+    )
+
+
+# TFDV's reasons that a schema inferred from one split is stricter than another split needs, and
+# the schema field each asks to relax.
+_RELAXABLE_FIELDS = {
+    anomalies_pb2.AnomalyInfo.FEATURE_TYPE_LOW_FRACTION_PRESENT: "presence.min_fraction",
+    anomalies_pb2.AnomalyInfo.FEATURE_TYPE_LOW_NUMBER_PRESENT: "presence.min_count",
+    anomalies_pb2.AnomalyInfo.INVALID_FEATURE_SHAPE: "shape",
+    anomalies_pb2.AnomalyInfo.FEATURE_TYPE_LOW_NUMBER_VALUES: "value_count.min",
+    anomalies_pb2.AnomalyInfo.FEATURE_TYPE_HIGH_NUMBER_VALUES: "value_count.max",
+    anomalies_pb2.AnomalyInfo.ENUM_TYPE_UNEXPECTED_STRING_VALUES: "domain",
+}
+
+
+def fields_to_relax(anomalies: anomalies_pb2.Anomalies) -> dict[str, list[str]]:
+    """Per feature, the schema fields whose inferred strictness this split's anomalies reject.
+
+    Only features all of whose reasons are of that kind: a wrong type is not a field to relax.
+    """
+    fields = {}
+    for name, info in sorted(anomalies.anomaly_info.items()):
+        reasons = [_RELAXABLE_FIELDS.get(reason.type) for reason in info.reason]
+        if reasons and all(reasons):
+            fields[name] = sorted(set(reasons), key=reasons.index)
+    return fields
+
+
+def relax_hint(
+    results: Mapping[str, anomalies_pb2.Anomalies], source: str, schema_path: str
+) -> str | None:
+    """One clause naming the schema fields to relax, when a schema inferred from `source` fits it
+    but flags another split only for being stricter than that split's data; None otherwise."""
+    if source not in results or has_anomalies(results[source]):
+        return None
+    flagged = [split for split in results if split != source and has_anomalies(results[split])]
+    fields: dict[str, list[str]] = {}
+    for split in flagged:
+        found = fields_to_relax(results[split])
+        if len(found) != len(results[split].anomaly_info):
+            return None  # Something else is wrong too: not a matter of relaxing.
+        for name, names in found.items():
+            fields.setdefault(name, [])
+            fields[name] += [field for field in names if field not in fields[name]]
+    if not flagged:
+        return None
+    named = ", ".join(f"{name} ({', '.join(names)})" for name, names in fields.items())
+    return (
+        f"the schema inferred from {source} flags {', '.join(flagged)}, whose data it is "
+        f"stricter than: relax {named} in {schema_path}, then rerun"
     )
 
 
@@ -249,7 +301,7 @@ def run(config: ValidateConfig) -> dict[str, Any]:
         ],
     )
     by_split = _load_statistics_dir(config.statistics_dir, "statistics_dir")
-    schema, inferred = load_or_infer_schema(config.schema, by_split)
+    schema, inferred_from = load_or_infer_schema(config.schema, by_split)
     results, environment = _validate_all(config, by_split, schema)
     rows = {split: reports.anomaly_rows(split, result) for split, result in results.items()}
     report_path = FileSystems.join(config.output_dir, REPORT_FILE)
@@ -267,12 +319,19 @@ def run(config: ValidateConfig) -> dict[str, Any]:
             counts={
                 "anomalies": {split: len(result.anomaly_info) for split, result in results.items()}
             },
-            extra={"splits": list(results), "schema_inferred": inferred, "anomalous": anomalous},
+            extra={
+                "splits": list(results),
+                "schema_inferred": inferred_from is not None,
+                "anomalous": anomalous,
+            },
         )
     click.echo("\n".join(summary_lines(rows)))
     if anomalous:
         found = ", ".join(f"{split}: {len(rows[split])}" for split in anomalous)
-        raise cli.ValidationAnomaliesError(f"anomalies found ({found}); report: {report_path}")
+        hint = relax_hint(results, inferred_from, config.schema) if inferred_from else None
+        raise cli.ValidationAnomaliesError(
+            f"anomalies found ({found}); {hint + '; ' if hint else ''}report: {report_path}"
+        )
     return manifest
 
 

@@ -18,11 +18,13 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Mapping
 from typing import Any
 
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from beam_jobs.lib.cli import JobError
 from model import features
 
 __all__ = [
@@ -82,20 +84,24 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
     return value
 
 
-def parse_hparams(text: str | None) -> HParams:
-    """Parses `--hparams` JSON (an object of `HParams` fields) over the defaults.
+def parse_hparams(values: Mapping[str, Any] | str | None) -> HParams:
+    """The demo's `HParams` from `--hparams`' plain dict (or its JSON text) over the defaults.
+
+    `model.train` hands every `build_model` a plain dict; the demo's turns it into its own
+    dataclass here, so a key it does not know is an error rather than silently ignored.
 
     Raises:
         ValueError: not a JSON object, an unknown key, or a value of the wrong type.
     """
-    if not text:
+    if not values:
         return HParams()
-    try:
-        values = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"not valid JSON ({error})") from error
-    if not isinstance(values, dict):
-        raise ValueError(f"needs a JSON object of hyper-parameters, got {text!r}")
+    if isinstance(values, str):
+        try:
+            values = json.loads(values)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"not valid JSON ({error})") from error
+    if not isinstance(values, Mapping):
+        raise ValueError(f"needs a JSON object of hyper-parameters, got {values!r}")
     hints = typing.get_type_hints(HParams)
     unknown = sorted(set(values) - set(hints))
     if unknown:
@@ -146,7 +152,7 @@ def wide_feature_keys(transformed_spec: dict[str, Any]) -> list[str]:
     """The transformed one-hot features (vocabularies, then buckets) the wide part takes.
 
     Raises:
-        ValueError: the transformed data lacks one of them.
+        JobError: the transformed data lacks one of them (another data set's transform).
     """
     keys = [
         features.transformed_name(key)
@@ -154,7 +160,7 @@ def wide_feature_keys(transformed_spec: dict[str, Any]) -> list[str]:
     ]
     missing = [key for key in keys if key not in transformed_spec]
     if missing:
-        raise ValueError(
+        raise JobError(
             f"the transformed data has no {missing}: was it made by model.preprocessing?"
         )
     return keys
@@ -193,17 +199,25 @@ def _deep_part(texts: list[tf.Tensor], hparams: HParams) -> tf.Tensor:
     return deep
 
 
-def build_model(tf_transform_output: tft.TFTransformOutput, hparams: HParams) -> tf.keras.Model:
+def build_model(
+    tf_transform_output: tft.TFTransformOutput, hparams: Mapping[str, Any] | HParams
+) -> tf.keras.Model:
     """The book's wide-and-deep model over the transformed features, compiled.
 
     Args:
         tf_transform_output: the transform output the model trains on (its transformed spec
             gives the inputs' names, shapes and whether there is text).
-        hparams: layer sizes, learning rate and text encoder.
+        hparams: `--hparams` as a dict of `HParams` fields (or an `HParams`): layer sizes,
+            learning rate and text encoder.
 
     Returns:
         A compiled Keras model: a dict of `_xf` features in, the probability `[batch, 1]` out.
+
+    Raises:
+        ValueError: an unknown hyper-parameter or a value of the wrong type.
     """
+    if not isinstance(hparams, HParams):
+        hparams = parse_hparams(hparams)
     spec = tf_transform_output.transformed_feature_spec()
     wide_inputs = [
         tf.keras.Input(shape=spec[key].shape, name=key, dtype=tf.float32)

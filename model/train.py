@@ -1,20 +1,24 @@
 """Train: a Keras model on the transform output under tf.distribute, exported for serving.
 
     python -m model.train --transform_dir=out/transform --output_dir=out/train \
-        [--model_fn=model.model:build_model] [--train_steps=N] [--batch_size=N] [--hparams=JSON] \
+        [--model_fn=model.model:build_model] [--train_steps=N] [--batch_size=N] \
+        [--hparams=JSON | --hparams=@hparams.json] [--task=auto|binary_classification|...] \
         [--distribution=mirrored|one_device|multi_worker_mirrored] [--cpu_replicas=N] \
         [--dp_noise_multiplier=F --dp_l2_norm_clip=F [--dp_microbatches=N] [--dp_delta=F]]
 
 Reads `transformed_examples/train` and `/eval` with the transformed feature spec, builds the user's
-`build_model(tf_transform_output, hparams)` inside the distribution strategy's scope and fits it
-for `--train_steps` global batches. `<output_dir>/checkpoints/` holds the training state every
-`--checkpoint_steps`, so a rerun after a crash resumes where it stopped; `<output_dir>/logs/` holds
-TensorBoard logs. The export, `<output_dir>/serving_model/<unix_ts>/`, is a SavedModel with the TFT
-layer inside: `serving_default` takes serialized raw `tf.Example`s (`examples`, label optional) and
-returns `outputs`; `transform_features` returns the transformed features. `manifest.json`, written
-last, records what was trained on, how, and how well. With `--dp_noise_multiplier` and
-`--dp_l2_norm_clip` the model trains with DP-SGD (`model.dp`), and the manifest's `privacy` records
-ε for δ, the noise multiplier, clip, microbatches, batch size and epochs.
+`build_model(tf_transform_output, hparams)` inside the distribution strategy's scope (`hparams`: the
+`--hparams` JSON object as a plain dict) and fits it for `--train_steps` global batches.
+`<output_dir>/checkpoints/` holds the training state every `--checkpoint_steps`, so a rerun after a
+crash resumes where it stopped; `<output_dir>/logs/` holds TensorBoard logs. The export,
+`<output_dir>/serving_model/<unix_ts>/`, is a SavedModel with the TFT layer inside:
+`serving_default` takes serialized raw `tf.Example`s (`examples`, label optional) and returns
+`outputs`; `transform_features` returns the transformed features. Its `assets/` hold the raw schema
+it was trained on and `model_contract.json` (task, label keys, class names), which the jobs that
+take a model read (`beam_jobs.lib.model_contract`). `manifest.json`, written last, records what was
+trained on, how, and how well. With `--dp_noise_multiplier` and `--dp_l2_norm_clip` the model trains
+with DP-SGD (`model.dp`), and the manifest's `privacy` records ε for δ, the noise multiplier, clip,
+microbatches, batch size and epochs.
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ from __future__ import annotations
 # Importing this module runs model/__init__.py first, which selects Keras 2 (TF_USE_LEGACY_KERAS)
 # before TensorFlow is imported: tf.keras below is tf-keras, as TFT's transform layer needs.
 import dataclasses
+import json
 import logging
 import math
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import click
@@ -32,18 +38,20 @@ import tensorflow as tf
 import tensorflow_transform as tft
 from apache_beam.io.filesystems import FileSystems
 
-from beam_jobs.lib import artifacts, cli, layout, user_code
+from beam_jobs.lib import artifacts, cli, layout, model_contract, user_code
 from model import dp, features
-from model import model as demo_model
 
 __all__ = [
     "DEFAULT_MODEL_FN",
     "DISTRIBUTIONS",
+    "TASKS",
     "TrainConfig",
     "export_model",
     "main",
     "make_dataset",
     "make_strategy",
+    "model_task",
+    "parse_hparams",
     "run",
     "warm_start",
 ]
@@ -52,6 +60,23 @@ STAGE = "train"
 DEFAULT_MODEL_FN = "model.model:build_model"
 DEFAULT_LABEL_KEY = features.transformed_name(features.LABEL_KEY)
 DISTRIBUTIONS = ("mirrored", "one_device", "multi_worker_mirrored")
+AUTO_TASK = "auto"
+TASKS = (AUTO_TASK, *model_contract.TASKS)
+# Keras losses (by their config names) that say which task a one-output model solves.
+_BINARY_LOSSES = ("binary_crossentropy", "binary_focal_crossentropy", "hinge", "squared_hinge")
+_REGRESSION_LOSSES = (
+    "mean_squared_error",
+    "mean_absolute_error",
+    "mean_absolute_percentage_error",
+    "mean_squared_logarithmic_error",
+    "huber",
+    "huber_loss",
+    "log_cosh",
+    "logcosh",
+    "poisson",
+    "mse",
+    "mae",
+)
 TRAIN_SPLIT, EVAL_SPLIT = "train", "eval"
 CHECKPOINTS_DIR = "checkpoints"
 LOGS_DIR = "logs"
@@ -76,6 +101,9 @@ class TrainConfig:
     eval_steps: int | None = None
     batch_size: int = DEFAULT_BATCH_SIZE
     hparams: str | None = None
+    task: str = AUTO_TASK
+    raw_label_key: str | None = None
+    label_vocabulary: str | None = None
     text_encoder: str | None = None
     base_model: str | None = None
     distribution: str = "mirrored"
@@ -249,20 +277,25 @@ def warm_start(keras_model: tf.keras.Model, base_model: str) -> None:
     logging.info("train: warm-started from %s", base_model)
 
 
-def _raw_label_key(tf_transform_output: tft.TFTransformOutput, label_key: str) -> str | None:
-    """The raw feature the transformed label came from, if the raw data has it."""
-    raw_key = label_key.removesuffix(features.TRANSFORMED_SUFFIX)
+def _raw_label_key(tf_transform_output: tft.TFTransformOutput, config: TrainConfig) -> str | None:
+    """The raw feature the transformed label came from: `--raw_label_key`, else the label key
+    without its `_xf` suffix if the raw data has that feature, else None."""
+    if config.raw_label_key:
+        return config.raw_label_key
+    raw_key = config.label_key.removesuffix(features.TRANSFORMED_SUFFIX)
     return raw_key if raw_key in tf_transform_output.raw_feature_spec() else None
 
 
 def _signatures(
-    keras_model: tf.keras.Model, tf_transform_output: tft.TFTransformOutput, label_key: str
+    keras_model: tf.keras.Model,
+    tf_transform_output: tft.TFTransformOutput,
+    raw_label_key: str | None,
 ) -> dict[str, Any]:
     """`serving_default` (raw examples, label optional, to `outputs`) and `transform_features`."""
     keras_model.tft_layer = tf_transform_output.transform_features_layer()
     raw_spec = tf_transform_output.raw_feature_spec()
     serving_spec = dict(raw_spec)
-    serving_spec.pop(_raw_label_key(tf_transform_output, label_key) or "", None)
+    serving_spec.pop(raw_label_key or "", None)
     examples = tf.TensorSpec(shape=[None], dtype=tf.string, name=layout.EXAMPLES_INPUT)
 
     @tf.function(input_signature=[examples])
@@ -281,18 +314,104 @@ def _signatures(
     }
 
 
+def _loss_names(keras_model: tf.keras.Model) -> list[str]:
+    """The config names of the compiled loss(es): `"binary_crossentropy"`, `"huber"`..."""
+    losses = keras_model.loss
+    if isinstance(losses, Mapping):
+        losses = list(losses.values())
+    elif not isinstance(losses, (list, tuple)):
+        losses = [losses]
+    names = []
+    for loss in losses:
+        if isinstance(loss, str):
+            names.append(loss)
+        elif isinstance(loss, tf.keras.losses.Loss):
+            names.append(loss.name)
+        else:
+            names.append(getattr(loss, "__name__", type(loss).__name__))
+    return [name.lower() for name in names]
+
+
+def model_task(keras_model: tf.keras.Model, task: str = AUTO_TASK) -> str:
+    """The task of the model, as the export's contract records it.
+
+    `auto` reads it from the model: several outputs per example make a multi-class model; one
+    output is binary under a binary loss (or a sigmoid), regression under a regression loss.
+
+    Raises:
+        cli.JobError: `auto`, and neither the output shape nor the loss tells.
+    """
+    if task != AUTO_TASK:
+        return task
+    units = keras_model.outputs[0].shape[-1] if keras_model.outputs[0].shape.rank else 1
+    if units and units > 1:
+        return model_contract.MULTICLASS
+    losses = _loss_names(keras_model)
+    if any(name in _BINARY_LOSSES for name in losses):
+        return model_contract.BINARY
+    if any(name in _REGRESSION_LOSSES for name in losses):
+        return model_contract.REGRESSION
+    activation = getattr(keras_model.layers[-1], "activation", None)
+    if getattr(activation, "__name__", "") == "sigmoid":
+        return model_contract.BINARY
+    raise cli.JobError(
+        f"cannot tell the task of a model with one output and loss {losses}; pass --task="
+        f"{model_contract.BINARY}|{model_contract.REGRESSION}"
+    )
+
+
+def _label_classes(
+    tf_transform_output: tft.TFTransformOutput, config: TrainConfig, raw_label_key: str | None
+) -> tuple[str, ...] | None:
+    """Class names by index: the label's TFT vocabulary (`--label_vocabulary`, else one named
+    after the raw label key), or None when the label has none.
+
+    Raises:
+        cli.JobError: `--label_vocabulary` names no vocabulary of the transform output.
+    """
+    name = config.label_vocabulary or raw_label_key
+    if not name or tf_transform_output.vocabulary_file_by_name(name) is None:
+        if config.label_vocabulary:
+            raise cli.JobError(
+                f"--label_vocabulary={config.label_vocabulary} is not a vocabulary of "
+                f"{config.transform_dir} (name it with vocab_filename= in the preprocessing_fn)"
+            )
+        return None
+    values = tf_transform_output.vocabulary_by_name(name)
+    return tuple(value.decode("utf-8", "replace") for value in values)
+
+
+def _contract(
+    keras_model: tf.keras.Model, tf_transform_output: tft.TFTransformOutput, config: TrainConfig
+) -> model_contract.ModelContract:
+    raw_label_key = _raw_label_key(tf_transform_output, config)
+    task = model_task(keras_model, config.task)
+    classes = _label_classes(tf_transform_output, config, raw_label_key)
+    if task == model_contract.REGRESSION:
+        classes = None
+    return model_contract.ModelContract(
+        task=task,
+        transformed_label_key=config.label_key,
+        label_key=raw_label_key,
+        classes=classes,
+    )
+
+
 def export_model(
     keras_model: tf.keras.Model,
     tf_transform_output: tft.TFTransformOutput,
     output_dir: str,
-    label_key: str,
+    contract: model_contract.ModelContract,
 ) -> str:
     """Saves `<output_dir>/serving_model/<unix_ts>/` under a temporary name, then renames it.
+
+    The raw schema and the contract go into the export's `assets/` before the rename, so an
+    export that exists is complete.
 
     Returns:
         The export's path.
     """
-    signatures = _signatures(keras_model, tf_transform_output, label_key)
+    signatures = _signatures(keras_model, tf_transform_output, contract.label_key)
     serving_dir = FileSystems.join(output_dir, layout.SERVING_MODEL_DIR)
     version = int(time.time())
     while tf.io.gfile.exists(FileSystems.join(serving_dir, str(version))):
@@ -300,8 +419,9 @@ def export_model(
     export_path = FileSystems.join(serving_dir, str(version))
     staging_path = FileSystems.join(serving_dir, f".{version}.staging")
     keras_model.save(staging_path, save_format="tf", signatures=signatures, include_optimizer=False)
+    model_contract.write_contract(staging_path, contract, tf_transform_output.raw_metadata.schema)
     artifacts.move_directory(staging_path, export_path, commit_file=layout.SAVED_MODEL_FILE)
-    logging.info("train: exported %s", export_path)
+    logging.info("train: exported %s (%s)", export_path, contract.task)
     return export_path
 
 
@@ -320,13 +440,38 @@ def _load_transform(config: TrainConfig) -> tuple[tft.TFTransformOutput, artifac
     return tf_transform_output, manifest
 
 
-def _hparams(config: TrainConfig) -> demo_model.HParams:
+def parse_hparams(text: str | None) -> dict[str, Any]:
+    """`--hparams`: a JSON object, or `@path` of a file holding one, as a plain dict.
+
+    Raises:
+        click.BadParameter: not a JSON object, or a file that cannot be read.
+    """
+    if not text:
+        return {}
+    if text.startswith("@"):
+        path = text[1:]
+        try:
+            with FileSystems.open(path) as handle:
+                text = handle.read().decode("utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise click.BadParameter(
+                f"cannot read {path}: {cli.tensorflow_reason(str(error))}", param_hint="--hparams"
+            ) from None
     try:
-        hparams = demo_model.parse_hparams(config.hparams)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="--hparams") from error
+        values = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise click.BadParameter(f"not valid JSON ({error})", param_hint="--hparams") from None
+    if not isinstance(values, dict):
+        raise click.BadParameter(
+            f"needs a JSON object of hyper-parameters, got {text.strip()!r}", param_hint="--hparams"
+        )
+    return values
+
+
+def _hparams(config: TrainConfig) -> dict[str, Any]:
+    hparams = parse_hparams(config.hparams)
     if config.text_encoder:
-        hparams = dataclasses.replace(hparams, text_encoder=config.text_encoder)
+        hparams["text_encoder"] = config.text_encoder
     return hparams
 
 
@@ -343,7 +488,7 @@ def _build(
     config: TrainConfig,
     strategy: tf.distribute.Strategy,
     tf_transform_output: tft.TFTransformOutput,
-    hparams: demo_model.HParams,
+    hparams: dict[str, Any],
     dp_options: dp.DPOptions | None,
 ) -> tuple[tf.keras.Model, tf.keras.Model]:
     """The user's compiled model, built in the strategy's scope and warm-started if asked.
@@ -355,7 +500,13 @@ def _build(
     build_model = user_code.load_function(config.model_fn, flag=_FLAG)
     tf.keras.utils.set_random_seed(SEED)
     with strategy.scope():
-        keras_model = build_model(tf_transform_output, hparams)
+        try:
+            keras_model = build_model(tf_transform_output, dict(hparams))
+        except ValueError as error:
+            # The contract: a model function raises ValueError for hyper-parameters it rejects.
+            raise click.BadParameter(
+                f"--{_FLAG}={config.model_fn} rejected them: {error}", param_hint="--hparams"
+            ) from None
         if not isinstance(keras_model, tf.keras.Model) or keras_model.optimizer is None:
             raise cli.JobError(
                 f"--{_FLAG}={config.model_fn} returned {type(keras_model).__name__}, "
@@ -520,16 +671,15 @@ def run(config: TrainConfig) -> artifacts.Manifest:
         dp_options = dp_options.with_default_delta(_train_examples(transform_manifest, train_files))
     keras_model, trainer = _build(config, strategy, tf_transform_output, hparams, dp_options)
     result = _fit(config, keras_model, trainer, tf_transform_output, transform_manifest)
-    export_path = export_model(
-        keras_model, tf_transform_output, config.output_dir, config.label_key
-    )
+    contract = _contract(keras_model, tf_transform_output, config)
+    export_path = export_model(keras_model, tf_transform_output, config.output_dir, contract)
     inputs = {"transform": artifacts.input_fingerprint(config.transform_dir)}
     if config.base_model:
         inputs["base_model"] = {"path": config.base_model}
     manifest = artifacts.Manifest(
         stage=STAGE,
         inputs=inputs,
-        parameters={**dataclasses.asdict(config), "hparams": dataclasses.asdict(hparams)},
+        parameters={**dataclasses.asdict(config), "hparams": hparams},
         counts={
             **result["counts"],
             "batch_size": config.batch_size,
@@ -545,6 +695,7 @@ def run(config: TrainConfig) -> artifacts.Manifest:
             "metrics": result["metrics"],
             "privacy": _privacy(dp_options, config, result["counts"]),
             "export_path": export_path,
+            "model_contract": contract.to_json(),
         },
     )
     artifacts.write_json(manifest_path, manifest.to_json())
@@ -580,7 +731,27 @@ def run(config: TrainConfig) -> artifacts.Manifest:
     default=DEFAULT_BATCH_SIZE,
     help="Global batch size.",
 )
-@click.option("--hparams", default=None, help="JSON object of hyper-parameters for build_model.")
+@click.option(
+    "--hparams",
+    default=None,
+    help="Hyper-parameters for build_model, a plain dict: a JSON object, or @file.json.",
+)
+@click.option(
+    "--task",
+    type=click.Choice(TASKS),
+    default=AUTO_TASK,
+    help="What the model predicts, for the export's contract [auto: from its outputs and loss].",
+)
+@click.option(
+    "--raw_label_key",
+    default=None,
+    help="Raw feature the label comes from [default: --label_key without _xf, if a raw feature].",
+)
+@click.option(
+    "--label_vocabulary",
+    default=None,
+    help="TFT vocabulary naming the classes [default: one named after the raw label key].",
+)
 @click.option(
     "--text_encoder", default=None, help="TF Hub handle or local SavedModel encoding the text."
 )

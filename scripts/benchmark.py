@@ -262,7 +262,11 @@ class Benchmark:
             "transform",
             label,
             rows,
-            [f"--examples_dir={ingest_dir}", f"--schema={SCHEMA}"],
+            [
+                f"--examples_dir={ingest_dir}",
+                f"--schema={SCHEMA}",
+                "--preprocessing_fn=model.preprocessing:preprocessing_fn",
+            ],
             transform_dir,
         )
         assert sum(manifest_counts(transform_dir)["examples_transformed"].values()) == rows
@@ -278,6 +282,7 @@ class Benchmark:
                 "beam_jobs.evaluate",
                 f"--model_dir={self.model_dir}",
                 f"--examples_dir={ingest_dir}",
+                f"--eval_config={REPO_ROOT / 'model' / 'eval_config.pbtxt'}",
                 f"--output_dir={root / 'evaluate'}",
             ),
             ok_codes=(0, 4),  # blessed or not, the evaluation ran in full

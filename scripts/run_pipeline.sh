@@ -89,13 +89,15 @@ run_stage validate "$root/validate" \
   --output_dir="$root/validate" "${beam_options[@]}"
 run_stage transform "$root/transform" \
   python -m beam_jobs.transform --examples_dir="$root/ingest" --schema="$schema" \
-  --output_dir="$root/transform" "${beam_options[@]}"
+  --preprocessing_fn=model.preprocessing:preprocessing_fn --output_dir="$root/transform" \
+  "${beam_options[@]}"
 run_stage train "$root/train" \
   python -m model.train --transform_dir="$root/transform" --output_dir="$root/train"
 model_dir="$root/train/serving_model/$(ls "$root/train/serving_model" | sort -n | tail -n 1)"
 run_stage evaluate "$root/evaluate" \
   python -m beam_jobs.evaluate --model_dir="$model_dir" --examples_dir="$root/ingest" \
-  --serving_dir="$serving_dir" --output_dir="$root/evaluate" "${beam_options[@]}"
+  --eval_config=model/eval_config.pbtxt --serving_dir="$serving_dir" --output_dir="$root/evaluate" \
+  "${beam_options[@]}"
 run_stage push "$root/push" \
   python -m beam_jobs.push --model_dir="$model_dir" --evaluation_dir="$root/evaluate" \
   --serving_dir="$serving_dir"

@@ -13,6 +13,9 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 CFPB_2015 = SHARED_DATA / "consumer_complaints_cfpb_2015.csv"
 CFPB_2017_SAMPLE = SHARED_DATA / "consumer_complaints_cfpb_2017_sample.csv"
+# The demo's user code and config, passed to the jobs as any user's would be.
+DEMO_PREPROCESSING_FN = "model.preprocessing:preprocessing_fn"
+DEMO_EVAL_CONFIG = REPO_ROOT / "model" / "eval_config.pbtxt"
 
 
 def direct_options() -> PipelineOptions:
@@ -88,6 +91,7 @@ def transformed_2015(ingested_2015_curated, tmp_path_factory) -> pathlib.Path:
         examples_dir=str(ingested_2015_curated),
         schema=str(CURATED_SCHEMA),
         output_dir=str(output_dir),
+        preprocessing_fn=DEMO_PREPROCESSING_FN,
     )
     transform.run(config, direct_options())
     return output_dir

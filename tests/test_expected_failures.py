@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from beam_jobs import evaluate, ingest, transform
 from beam_jobs.lib import artifacts, cli
-from tests.conftest import CURATED_SCHEMA, DEMO_TRAIN_STEPS, direct_options
+from tests.conftest import CURATED_SCHEMA, DEMO_PREPROCESSING_FN, DEMO_TRAIN_STEPS, direct_options
 
 
 def assert_one_line_error(result, *fragments: str) -> str:
@@ -37,6 +37,7 @@ def test_transform_names_a_type_mismatch_before_it_runs(tmp_path, ingested_2015)
     result = CliRunner().invoke(
         transform.main,
         [
+            f"--preprocessing_fn={DEMO_PREPROCESSING_FN}",
             f"--examples_dir={ingested_2015}",
             f"--schema={CURATED_SCHEMA}",
             f"--output_dir={tmp_path / 'out'}",
@@ -67,7 +68,12 @@ def test_a_type_mismatch_on_data_the_test_makes(tmp_path):
     )
     result = CliRunner().invoke(
         transform.main,
-        [f"--examples_dir={ingested}", f"--schema={schema}", f"--output_dir={tmp_path / 'out'}"],
+        [
+            f"--preprocessing_fn={DEMO_PREPROCESSING_FN}",
+            f"--examples_dir={ingested}",
+            f"--schema={schema}",
+            f"--output_dir={tmp_path / 'out'}",
+        ],
     )
     line = assert_one_line_error(result, "feature code is INT", "but BYTES", "and 1 more")
     assert "ingest with --schema" in line
@@ -78,7 +84,12 @@ def test_a_type_mismatch_on_data_the_test_makes(tmp_path):
     manifest_path.write_text(json.dumps(manifest))
     result = CliRunner().invoke(
         transform.main,
-        [f"--examples_dir={ingested}", f"--schema={schema}", f"--output_dir={tmp_path / 'out'}"],
+        [
+            f"--preprocessing_fn={DEMO_PREPROCESSING_FN}",
+            f"--examples_dir={ingested}",
+            f"--schema={schema}",
+            f"--output_dir={tmp_path / 'out'}",
+        ],
     )
     assert_one_line_error(result, "feature code is INT", "but BYTES")
 

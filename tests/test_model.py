@@ -17,7 +17,7 @@ import tensorflow_transform.beam as tft_beam
 from click.testing import CliRunner
 from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils
 
-from beam_jobs.lib import artifacts, cli
+from beam_jobs.lib import artifacts, cli, model_contract
 from model import features, preprocessing, train
 from model import model as demo_model
 
@@ -237,9 +237,12 @@ def test_warm_start_copies_layer_weights_and_refuses_another_architecture(
     tiny_text_transform, tmp_path
 ):
     base = demo_model.build_model(tiny_text_transform, demo_model.HParams())
-    export_path = train.export_model(
-        base, tiny_text_transform, str(tmp_path), features.transformed_name(features.LABEL_KEY)
+    contract = model_contract.ModelContract(
+        task=model_contract.BINARY,
+        transformed_label_key=features.transformed_name(features.LABEL_KEY),
+        label_key=features.LABEL_KEY,
     )
+    export_path = train.export_model(base, tiny_text_transform, str(tmp_path), contract)
     tf.keras.utils.set_random_seed(7)
     fresh = demo_model.build_model(tiny_text_transform, demo_model.HParams())
     train.warm_start(fresh, export_path)

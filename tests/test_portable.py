@@ -39,7 +39,13 @@ from tensorflow_metadata.proto.v0 import statistics_pb2
 from beam_jobs import evaluate, feedback, infer, ingest, statistics, transform
 from beam_jobs.lib import layout
 from model import features
-from tests.conftest import CURATED_SCHEMA, DEMO_TRAIN_STEPS, REPO_ROOT, direct_options
+from tests.conftest import (
+    CURATED_SCHEMA,
+    DEMO_PREPROCESSING_FN,
+    DEMO_TRAIN_STEPS,
+    REPO_ROOT,
+    direct_options,
+)
 
 PRISM_SH = REPO_ROOT / "scripts" / "prism.sh"
 # Building Prism the first time takes a few minutes on two busy cores.
@@ -249,6 +255,7 @@ def test_transform_equal_but_approximate_buckets(
         examples_dir=str(ingested_2015_curated),
         schema=str(CURATED_SCHEMA),
         output_dir=str(output_dir),
+        preprocessing_fn=DEMO_PREPROCESSING_FN,
     )
     _timed(
         "transform", "Prism EXTERNAL", transform.run, config, portable_options(prism, "EXTERNAL")

@@ -26,7 +26,7 @@ from beam_jobs import ingest, transform
 from beam_jobs.lib import artifacts, layout
 from model import features, train
 from model import model as demo_model
-from tests.conftest import CURATED_SCHEMA, REPO_ROOT, direct_options
+from tests.conftest import CURATED_SCHEMA, DEMO_PREPROCESSING_FN, REPO_ROOT, direct_options
 
 LABEL = features.LABEL_KEY
 NARRATIVE = features.NARRATIVE
@@ -151,7 +151,10 @@ def transformed_demo(tmp_path_factory):
     )
     transform.run(
         transform.TransformConfig(
-            examples_dir=str(ingest_dir), schema=str(CURATED_SCHEMA), output_dir=str(transform_dir)
+            examples_dir=str(ingest_dir),
+            schema=str(CURATED_SCHEMA),
+            output_dir=str(transform_dir),
+            preprocessing_fn=DEMO_PREPROCESSING_FN,
         ),
         direct_options(),
     )
@@ -167,7 +170,11 @@ def test_trains_on_two_cpu_replicas_and_records_the_run(trained_2015):
     assert counts["steps"] == STEPS_2015
     assert manifest["inputs"]["transform"]["path"] == str(trained_2015["transform_copy"])
     assert manifest["inputs"]["transform"]["manifest_sha256"]
-    assert manifest["parameters"]["hparams"]["wide_units"] == 16
+    assert manifest["parameters"]["hparams"] == {}  # As given: the model applies its defaults.
+    contract = manifest["model_contract"]
+    assert contract["task"] == "binary_classification"
+    assert contract["label_key"] == "consumer_disputed"
+    assert contract["classes"] is None  # The demo maps Yes/No to 1/0 itself: no vocabulary.
     assert set(manifest["metrics"]["eval"]) >= {"loss", "auc", "binary_accuracy"}
     assert os.path.isdir(manifest["export_path"])
     assert any((trained_2015["output_dir"] / train.LOGS_DIR).rglob("events.out.tfevents.*"))

@@ -17,7 +17,7 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 from beam_jobs import ingest, transform
 from beam_jobs.lib import artifacts, cli, layout, user_code
 from model import features
-from tests.conftest import CURATED_SCHEMA, direct_options
+from tests.conftest import CURATED_SCHEMA, DEMO_PREPROCESSING_FN, direct_options
 
 XF = features.transformed_name
 NEW_PRODUCT = "Virtual currency"  # not a product of the 2015 extract
@@ -82,6 +82,9 @@ def small_ingested(small_presplit_csvs, tmp_path_factory) -> pathlib.Path:
 
 
 def _transform_cli(*args: str):
+    """The transform CLI; with the demo's preprocessing_fn unless the arguments name one."""
+    if not any(arg.startswith(("--preprocessing_fn", "--help")) for arg in args):
+        args = (*args, f"--preprocessing_fn={DEMO_PREPROCESSING_FN}")
     return CliRunner().invoke(transform.main, list(args))
 
 
@@ -138,6 +141,7 @@ def test_two_runs_give_identical_assets_and_examples(
         examples_dir=str(ingested_2015_curated),
         schema=str(CURATED_SCHEMA),
         output_dir=str(rerun_dir),
+        preprocessing_fn=DEMO_PREPROCESSING_FN,
     )
     transform.run(config, direct_options())
     for subdir in ("transform_fn/assets", layout.TRANSFORMED_EXAMPLES_DIR):
@@ -187,6 +191,7 @@ def test_zip_code_ingested_as_integers(small_presplit_csvs, tmp_path):
         schema=str(int_schema),
         output_dir=str(tmp_path / "out"),
         transform_splits="eval",
+        preprocessing_fn=DEMO_PREPROCESSING_FN,
     )
     manifest = transform.run(config, direct_options())
     assert manifest.counts[transform.EXAMPLES_TRANSFORMED] == {"eval": SMALL_EVAL_ROWS}
@@ -271,7 +276,7 @@ def test_help_lists_every_job_flag_with_its_default():
         "--transform_splits",
     ):
         assert flag in help_text
-    assert transform.DEFAULT_PREPROCESSING_FN in help_text
+    assert DEMO_PREPROCESSING_FN in help_text  # The help names the demo's as an example.
 
 
 def test_unfinished_ingest_output_is_refused(small_ingested, tmp_path):
@@ -295,7 +300,10 @@ def test_count_mismatch_publishes_nothing(small_ingested, tmp_path):
     manifest["counts"]["rows_written"]["eval"] += 1
     manifest_path.write_text(json.dumps(manifest))
     config = transform.TransformConfig(
-        examples_dir=str(tampered), schema=str(CURATED_SCHEMA), output_dir=str(tmp_path / "out")
+        examples_dir=str(tampered),
+        schema=str(CURATED_SCHEMA),
+        output_dir=str(tmp_path / "out"),
+        preprocessing_fn=DEMO_PREPROCESSING_FN,
     )
     with pytest.raises(cli.JobError, match=r"transformed .* examples but .* holds"):
         transform.run(config, direct_options())

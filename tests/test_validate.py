@@ -239,3 +239,70 @@ def test_cli_refuses_an_unfinished_statistics_dir_in_one_line(tmp_path):
     assert result.stderr.count("\n") == 1
     assert "--statistics_dir" in result.stderr and "no manifest.json" in result.stderr
     assert not (tmp_path / "validation").exists()
+
+
+def _presplit_animals(workdir: pathlib.Path) -> pathlib.Path:
+    """Statistics of a pre-split data set the test makes: `colour` and `size` always present in
+    train, missing in a fifth of eval."""
+    rng = np.random.default_rng(3)
+    for split, rows, missing in (("train", 200, 0.0), ("eval", 100, 0.2)):
+        with (workdir / f"{split}.csv").open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["animal_id", "colour", "size", "species"])
+            for index in range(rows):
+                colour = "" if rng.random() < missing else rng.choice(["red", "blue"])
+                size = "" if rng.random() < missing else round(float(rng.random()) * 10, 2)
+                writer.writerow([index, colour, size, rng.choice(["cat", "dog"])])
+    examples_dir, stats_dir = workdir / "ingest", workdir / "statistics"
+    ingest.run(
+        ingest.IngestConfig(
+            input=f"train={workdir / 'train.csv'},eval={workdir / 'eval.csv'}",
+            output_dir=str(examples_dir),
+        ),
+        direct_options(),
+    )
+    statistics.run(
+        statistics.StatisticsConfig(examples_dir=str(examples_dir), output_dir=str(stats_dir)),
+        direct_options(),
+    )
+    return stats_dir
+
+
+def test_a_schema_inferred_from_train_names_the_fields_to_relax_for_eval(tmp_path):
+    stats_dir = _presplit_animals(tmp_path)
+    schema_path = tmp_path / "schema.pbtxt"
+    result = invoke(
+        f"--statistics_dir={stats_dir}",
+        f"--schema={schema_path}",
+        f"--output_dir={tmp_path / 'validation'}",
+    )
+    assert result.exit_code == cli.EXIT_VALIDATION_ANOMALIES, result.output
+    line = result.output.strip().splitlines()[-1]
+    assert "the schema inferred from train flags eval" in line
+    assert (
+        "relax colour (shape, presence.min_fraction), size (shape, presence.min_fraction)" in line
+    )
+    assert str(schema_path) in line and "species" not in line and "animal_id" not in line
+    # Relaxing exactly those fields makes the same statistics pass.
+    schema = tfdv_io.read_schema(str(schema_path))
+    for feature in schema.feature:
+        if feature.name in ("colour", "size"):
+            feature.ClearField("shape")
+            feature.presence.min_fraction = 0.0
+    tfdv.write_schema_text(schema, str(schema_path))
+    result = invoke(
+        f"--statistics_dir={stats_dir}",
+        f"--schema={schema_path}",
+        f"--output_dir={tmp_path / 'validation'}",
+    )
+    assert result.exit_code == 0, result.output
+
+
+def test_no_relax_hint_for_a_curated_schema_or_a_real_type_error(stats_2017_sample, tmp_path):
+    result = invoke(
+        f"--statistics_dir={stats_2017_sample}",
+        f"--schema={CURATED_SCHEMA}",
+        f"--output_dir={tmp_path / 'validation'}",
+    )
+    assert result.exit_code == cli.EXIT_VALIDATION_ANOMALIES
+    assert "relax " not in result.output and "stricter" not in result.output
