@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import datetime
 import json
 
@@ -12,9 +13,17 @@ from click.testing import CliRunner
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from beam_jobs import feedback, statistics, validate
-from beam_jobs.lib import artifacts, cli, example_json, model_contract, records
+from beam_jobs.lib import (
+    artifacts,
+    cli,
+    example_json,
+    feature_types,
+    model_contract,
+    records,
+    tfdv_io,
+)
 from tests.conftest import CURATED_SCHEMA, direct_options
-from tests.test_infer import read_jsonl
+from tests.test_infer import animals_input, read_jsonl, score_animals
 
 MIN_IMPLICIT = 3
 UTC = datetime.UTC
@@ -412,3 +421,114 @@ def test_label_without_defaults_or_with_unfit_flags_is_one_error(
     with pytest.raises(error) as raised:
         feedback.label_spec(config, contract, schema)
     assert message in str(raised.value)
+
+
+def _animal_predictions(model_dir, animals_csv, tmp_path) -> list[dict]:
+    """The animals of `animals_input` scored by `model_dir` into tmp_path/predictions."""
+    source = animals_input(animals_csv, tmp_path / "animals.csv")
+    score_animals(model_dir, source, tmp_path / "predictions")
+    records_ = read_jsonl(tmp_path / "predictions" / "predictions")
+    return sorted(records_, key=lambda record: int(record["tracking_id"]))
+
+
+def _span(output_dir) -> dict[str, dict]:
+    """The examples of a feedback output by animal_id, as JSON features."""
+    examples = {}
+    for path in sorted(output_dir.glob("*/data-*.tfrecord.gz")):
+        for record in artifacts.read_tfrecords(str(path)):
+            features = example_json.example_to_json(tf.train.Example.FromString(record))
+            examples[str(features["animal_id"][0])] = features
+    return examples
+
+
+def _check_types_as_transform_does(output_dir, schema_path) -> None:
+    """The feedback span's feature types against the schema, the check transform makes first."""
+    schema = tfdv_io.read_schema(str(schema_path))
+    found = feature_types.types_in_examples(
+        str(path) for path in output_dir.glob("*/data-*.tfrecord.gz")
+    )
+    feature_types.check_against_schema(found, schema, str(output_dir), str(schema_path))
+
+
+def test_multiclass_feedback_takes_class_names(
+    animals_trained, animals_csv, animals_schema, tmp_path
+):
+    predictions = _animal_predictions(animals_trained("multiclass"), animals_csv, tmp_path)
+    ids = [p["tracking_id"] for p in predictions]
+    events = [
+        (ids[0], "label", "owl", None),
+        (ids[1], "correction", "dog", None),
+        *[(ids[2], "implicit", None, None)] * MIN_IMPLICIT,
+        (ids[3], "wrong", None, None),
+        (ids[4], "label", "fish", None),
+        (ids[5], "implicit", None, None),
+        (ids[6], "label", "cat", "2024-01-01"),
+        (ids[6], "correction", "dog", "2024-01-02"),
+    ]
+    source = tmp_path / "feedback.csv"
+    with source.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["tracking_id", "kind", "value", "timestamp"])
+        writer.writerows(events)
+    output_dir = tmp_path / "span"
+    config = feedback.FeedbackConfig(str(tmp_path / "predictions"), str(source), str(output_dir))
+    manifest = feedback.run(config, direct_options())  # No label flag: the model's contract.
+    assert manifest.extra["label"] == {
+        "column": "species",
+        "task": model_contract.MULTICLASS,
+        "values": artifacts.read_manifest(str(tmp_path / "predictions")).extra["classes"],
+        "type": "BYTES",
+    }
+    counts = manifest.counts
+    assert (counts["feedback_rows_read"], counts["feedback_rows_used"]) == (10, 8)
+    assert (counts["feedback_rows_rejected"], counts["ids_labelled"]) == (2, 4)
+    assert counts["ids_without_label"] == 1
+    reasons = [r["reason"] for r in read_jsonl(output_dir / "rejected")]
+    assert "'wrong' has no one opposite label on a multiclass_classification" in reasons[0]
+    assert "value 'fish' is not a class (" in reasons[1]
+    examples = _span(output_dir)
+    assert {i: e["species"] for i, e in examples.items()} == {
+        ids[0]: ["owl"],
+        ids[1]: ["dog"],
+        ids[2]: [predictions[2]["top_class"]],
+        ids[6]: ["dog"],
+    }
+    by_id = {p["tracking_id"]: p for p in predictions}
+    assert all(e == dict(by_id[i]["features"], species=e["species"]) for i, e in examples.items())
+    provenance = {p["tracking_id"]: p for p in read_jsonl(output_dir / "provenance")}
+    assert provenance[ids[2]]["top_class"] == predictions[2]["top_class"]
+    _check_types_as_transform_does(output_dir, animals_schema)
+
+
+def test_binary_feedback_on_an_int_label_writes_integers(
+    animals_trained, animals_csv, animals_schema, tmp_path
+):
+    predictions = _animal_predictions(animals_trained("binary"), animals_csv, tmp_path)
+    ids = [p["tracking_id"] for p in predictions]
+    lines = [
+        {"tracking_id": ids[0], "kind": "label", "value": 1},
+        {"tracking_id": ids[1], "kind": "correction", "value": "no"},
+        {"tracking_id": ids[2], "kind": "wrong"},
+        *[{"tracking_id": ids[3], "kind": "implicit"}] * MIN_IMPLICIT,
+        {"tracking_id": ids[4], "kind": "label", "value": "heavy"},
+    ]
+    source = tmp_path / "feedback.jsonl"
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    output_dir = tmp_path / "span"
+    config = feedback.FeedbackConfig(str(tmp_path / "predictions"), str(source), str(output_dir))
+    manifest = feedback.run(config, direct_options())
+    assert manifest.extra["label"] == {
+        "column": "heavy",
+        "task": model_contract.BINARY,
+        "values": ["0", "1"],
+        "type": "INT",
+    }
+    assert manifest.counts["feedback_rows_rejected"] == 1
+    flipped = 0 if predictions[2]["score"] >= feedback.DECISION_THRESHOLD else 1
+    assert {i: e["heavy"] for i, e in _span(output_dir).items()} == {
+        ids[0]: [1],
+        ids[1]: [0],
+        ids[2]: [flipped],
+        ids[3]: [1],
+    }
+    _check_types_as_transform_does(output_dir, animals_schema)

@@ -229,3 +229,113 @@ def test_cli_flags_and_a_directory_without_a_model(tmp_path):
     assert result.exit_code == cli.EXIT_ERROR
     assert "neither a SavedModel" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def animals_input(
+    animals_csv: pathlib.Path, path: pathlib.Path, rows: int = 40, bad_legs: int | None = 5
+) -> pathlib.Path:
+    """The first `rows` animals with sizes rounded to whole numbers (typed by this input alone,
+    `size` would be INT, which the model refuses), and row `bad_legs`'s legs written as a word."""
+    with animals_csv.open(newline="") as handle:
+        lines = list(itertools.islice(csv.DictReader(handle), rows))
+    for line in lines:
+        line["size"] = str(round(float(line["size"]))) if line["size"] else ""
+    if bad_legs is not None:
+        lines[bad_legs]["legs"] = "four"
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(lines[0]))
+        writer.writeheader()
+        writer.writerows(lines)
+    return path
+
+
+def score_animals(model_dir: pathlib.Path, source: pathlib.Path, output_dir: pathlib.Path):
+    """infer on `source` with no --schema, tracked by animal_id; returns the manifest."""
+    config = infer.InferConfig(
+        model_dir=str(model_dir),
+        input=str(source),
+        output_dir=str(output_dir),
+        id_column="animal_id",
+        batch_size=16,
+        max_rejected_fraction=0.1,
+    )
+    return infer.run(config, direct_options())
+
+
+def test_multiclass_model_types_input_by_its_raw_schema(animals_trained, animals_csv, tmp_path):
+    model_dir = animals_trained("multiclass")
+    source = animals_input(animals_csv, tmp_path / "animals.csv")
+    manifest = score_animals(model_dir, source, tmp_path / "out")
+    assert manifest.counts == {"rows_read": 40, "rows_predicted": 39, "rows_rejected": 1}
+    assert manifest.extra["input_schema"] == {
+        "source": infer.SCHEMA_FROM_MODEL,
+        "path": model_contract.raw_schema_path(str(model_dir)),
+    }
+    assert manifest.extra["task"] == model_contract.MULTICLASS
+    classes = manifest.extra["classes"]
+    assert sorted(classes) == ["cat", "dog", "owl"]
+    (rejected,) = read_jsonl(tmp_path / "out" / "rejected")
+    assert (rejected["line"], rejected["reason"]) == (
+        7,
+        "column 'legs': 'four' is not an integer (INT column)",
+    )
+    predictions = read_jsonl(tmp_path / "out" / layout.PREDICTIONS_DIR)
+    for record in predictions:
+        scores, top = record["scores"], record["top_class_id"]
+        assert len(scores) == 3 and abs(sum(scores) - 1) < 1e-5
+        assert top == int(np.argmax(scores)) and record["score"] == scores[top]
+        assert record["top_class"] == classes[top]
+        assert isinstance(record["features"].get("size", [0.0])[0], float)  # Not INT.
+    truth = {r["animal_id"]: r["species"] for r in csv.DictReader(source.open())}
+    right = sum(record["top_class"] == truth[record["tracking_id"]] for record in predictions)
+    assert right / len(predictions) > 0.8
+
+
+@pytest.mark.parametrize("task", ["binary", "regression"])
+def test_binary_and_regression_predictions_are_one_score(
+    task, animals_trained, animals_csv, tmp_path
+):
+    source = animals_input(animals_csv, tmp_path / "animals.csv")
+    manifest = score_animals(animals_trained(task), source, tmp_path / "out")
+    assert manifest.counts["rows_predicted"] == 39
+    assert (manifest.extra["task"], manifest.extra["classes"]) == (
+        {"binary": model_contract.BINARY, "regression": model_contract.REGRESSION}[task],
+        None,
+    )
+    predictions = read_jsonl(tmp_path / "out" / layout.PREDICTIONS_DIR)
+    assert {key for record in predictions for key in record} == {
+        "tracking_id",
+        "model_name",
+        "model_version",
+        "model_fingerprint",
+        "score",
+        "features",
+    }
+    scores = [record["score"] for record in predictions]
+    if task == "binary":
+        assert all(0.0 <= score <= 1.0 for score in scores)
+    else:  # The weight, about 1.8 x size: kilograms, not a probability.
+        assert max(scores) > 10
+
+
+def test_an_export_without_raw_schema_types_by_the_input_alone(
+    animals_trained, animals_csv, tmp_path
+):
+    model_dir = tmp_path / "old_export"
+    shutil.copytree(animals_trained("multiclass"), model_dir)
+    for name in (model_contract.CONTRACT_FILE, model_contract.RAW_SCHEMA_FILE):
+        (model_dir / model_contract.ASSETS_DIR / name).unlink()
+    source = animals_input(animals_csv, tmp_path / "animals.csv", rows=4, bad_legs=None)
+    result = CliRunner().invoke(
+        infer.main,
+        [f"--model_dir={model_dir}", f"--input={source}", f"--output_dir={tmp_path / 'out'}"],
+    )
+    assert result.exit_code == cli.EXIT_ERROR
+    assert "4 of 4 rows rejected" in result.output
+    reasons = {
+        r["reason"] for r in read_jsonl(tmp_path / f"out{artifacts.FAILED_SUFFIX}" / "rejected")
+    }
+    assert reasons == {
+        "inference failed: InvalidArgumentError: Key: size, Index: 0.  Data types don't match. "
+        "Expected type: float, Actual type: int64"
+    }
