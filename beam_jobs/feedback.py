@@ -230,7 +230,8 @@ class LabelSpec:
             raise ValueError(f"'{IMPLICIT}' gives no label to a regression prediction")
 
     def predicted(self, prediction: Mapping[str, Any]) -> str:
-        """The label a prediction record predicts (binary: by `DECISION_THRESHOLD`).
+        """The label a prediction record predicts (binary: by `DECISION_THRESHOLD`; multi-class:
+        its top class, which must be a label of this spec).
 
         Raises:
             ValueError: the record does not hold a prediction of this task.
@@ -243,12 +244,13 @@ class LabelSpec:
                 )
             return self.values[1 if score >= DECISION_THRESHOLD else 0]
         if self.task == model_contract.MULTICLASS:
-            if prediction.get("top_class") is not None:
-                return str(prediction["top_class"])
+            top_class = prediction.get("top_class")
             scores = prediction.get("scores", score)
-            if isinstance(scores, list) and scores:
+            if top_class is None and isinstance(scores, list) and scores:
                 top = scores.index(max(scores))
-                return self.values[top] if top < len(self.values) else str(top)
+                top_class = self.values[top] if top < len(self.values) else str(top)
+            if top_class is not None:
+                return self.parse(top_class)  # The predicted class as a label: checked.
         raise ValueError(f"the prediction {score!r} has no predicted {self.task} label")
 
 
@@ -633,14 +635,23 @@ def _prediction_model(
 ) -> tuple[model_contract.ModelContract | None, schema_pb2.Schema | None, str]:
     """The contract and raw schema of the model infer's manifest names, and how to name it.
 
+    Without the model, the labels are binary, from the flags.
+
     Raises:
-        cli.JobError: the model's contract or raw schema cannot be read.
+        cli.JobError: the model's contract or raw schema cannot be read, or the model is gone
+            and infer recorded a task other than binary, whose labels need its contract.
     """
     model = manifest.extra.get("model") or {}
     path = model.get("path") if isinstance(model, dict) else None
     if not path:
         return None, None, "the model that made the predictions (infer's manifest names none)"
     if not FileSystems.exists(path):
+        task = manifest.extra.get("task")
+        if task not in (None, model_contract.BINARY):
+            raise cli.JobError(
+                f"--predictions: the {task} model that made them, {path}, is gone; its "
+                "contract names the labels: put the model back at that path"
+            )
         return None, None, f"the model that made the predictions ({path}, which is gone)"
     try:
         contract = model_contract.read_contract(path)
