@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import datetime
 import json
+import pathlib
 
 import click
 import pytest
@@ -255,19 +256,25 @@ def test_csv_feedback_and_cli(predictions_2015, tmp_path):
         "unknown,label,No,\n"
     )
     output_dir = tmp_path / "out"
+    args = [
+        f"--predictions={predictions_2015}",
+        f"--feedback={source}",
+        f"--output_dir={output_dir}",
+        "--min_implicit_events=2",
+        "--splits=all:1",
+    ]
+    # The demo's label is text without a vocabulary: its two values must be given.
+    result = CliRunner().invoke(feedback.main, args)
+    assert result.exit_code == cli.EXIT_ERROR
+    assert result.output.count("\n") == 1 and "pass --positive_value and --negative_value" in (
+        result.output
+    )
     result = CliRunner().invoke(
-        feedback.main,
-        [
-            f"--predictions={predictions_2015}",
-            f"--feedback={source}",
-            f"--output_dir={output_dir}",
-            "--min_implicit_events=2",
-            "--splits=all:1",
-            *(f"--{flag}={value}" for flag, value in DEMO_LABEL_FLAGS.items()),
-        ],
+        feedback.main, [*args, "--positive_value=Yes", "--negative_value=No"]
     )
     assert result.exit_code == 0, result.output
     manifest = artifacts.read_manifest(str(output_dir))
+    assert manifest.extra["label"]["column"] == "consumer_disputed"  # From the model's contract.
     assert manifest.splits == ["all"]
     assert manifest.counts["rows_written"] == {"all": 2}
     assert manifest.counts["labels_by_rule"]["implicit"] == 1
@@ -321,6 +328,10 @@ def test_multiclass_labels_are_class_names_and_wrong_is_refused():
     assert feedback.decide_label(
         prediction, [*implicit, event("correction", "cat")], MIN_IMPLICIT, SPECIES
     ) == feedback.Decision("cat", "correction")
+    # Predicted: an out-of-vocabulary bucket (class index 3) is no class to confirm.
+    out_of_vocabulary = {"score": 0.4, "scores": [0.2, 0.2, 0.2, 0.4], "top_class": "3"}
+    with pytest.raises(ValueError, match="value '3' is not a class"):
+        feedback.decide_label(out_of_vocabulary, implicit, MIN_IMPLICIT, SPECIES)
 
 
 def test_the_label_is_written_with_its_raw_type():
@@ -532,3 +543,52 @@ def test_binary_feedback_on_an_int_label_writes_integers(
         ids[3]: [1],
     }
     _check_types_as_transform_does(output_dir, animals_schema)
+
+
+def _fake_predictions(directory, extra: dict) -> None:
+    """A finished infer output of two binary predictions, its manifest's own fields `extra`."""
+    with artifacts.StagedOutput(str(directory), "infer") as staged:
+        lines = [
+            {"tracking_id": f"id-{i}", "score": 0.75, "features": {"animal_id": [i]}}
+            for i in range(2)
+        ]
+        path = pathlib.Path(staged.path("predictions", "predictions-00000-of-00001.jsonl"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+        staged.publish(inputs={}, parameters={}, counts={}, extra=extra)
+
+
+def test_without_the_predicting_model_binary_labels_come_from_the_flags(tmp_path):
+    source = tmp_path / "feedback.jsonl"
+    source.write_text('{"tracking_id": "id-1", "kind": "wrong"}\n')
+    gone = {"path": str(tmp_path / "deleted_model")}
+    _fake_predictions(tmp_path / "binary", {"model": gone, "task": model_contract.BINARY})
+    args = [f"--feedback={source}", f"--output_dir={tmp_path / 'out'}"]
+    result = CliRunner().invoke(feedback.main, [f"--predictions={tmp_path / 'binary'}", *args])
+    assert result.exit_code == cli.EXIT_ERROR
+    assert "names no raw label column; pass --label_column" in result.output
+    flags = ["--label_column=heavy", "--positive_value=1", "--negative_value=0"]
+    result = CliRunner().invoke(
+        feedback.main, [f"--predictions={tmp_path / 'binary'}", *args, *flags]
+    )
+    assert result.exit_code == 0, result.output
+    (example,) = _span_examples(tmp_path / "out")
+    assert example["heavy"] == ["0"]  # No raw schema: the label is text.
+    _fake_predictions(tmp_path / "multi", {"model": gone, "task": model_contract.MULTICLASS})
+    result = CliRunner().invoke(
+        feedback.main, [f"--predictions={tmp_path / 'multi'}", *args, *flags]
+    )
+    assert result.exit_code == cli.EXIT_ERROR
+    assert result.output == (
+        f"error: --predictions: the multiclass_classification model that made them, "
+        f"{gone['path']}, is gone; its contract names the labels: put the model back at that "
+        "path\n"
+    )
+
+
+def _span_examples(output_dir) -> list[dict]:
+    return [
+        example_json.example_to_json(tf.train.Example.FromString(record))
+        for path in sorted(output_dir.glob("*/data-*.tfrecord.gz"))
+        for record in artifacts.read_tfrecords(str(path))
+    ]

@@ -190,31 +190,25 @@ def test_serving_dir_newest_version_hash_ids_and_rejects(
     assert predictions[0]["features"]["zip_code"] == ["76119"]  # text, as the schema says
 
 
-def test_without_schema_a_numeric_zip_code_is_rejected_by_the_model(
+def test_without_schema_zip_codes_are_typed_as_the_model_was_trained(
     tmp_path, trained_2015_steps, cfpb_2015_csv
 ):
     with cfpb_2015_csv.open(encoding="utf-8") as handle:
         head = [next(handle) for _ in range(4)]
-    source = tmp_path / "numeric_zips.csv"
+    source = tmp_path / "numeric_zips.csv"  # Typed by these rows alone, zip_code is INT.
     source.write_text("".join(head), encoding="utf-8")
+    model_dir = trained_2015_steps(DEMO_TRAIN_STEPS)
     result = CliRunner().invoke(
         infer.main,
-        [
-            f"--model_dir={trained_2015_steps(DEMO_TRAIN_STEPS)}",
-            f"--input={source}",
-            f"--output_dir={tmp_path / 'out'}",
-        ],
+        [f"--model_dir={model_dir}", f"--input={source}", f"--output_dir={tmp_path / 'out'}"],
     )
-    assert result.exit_code == cli.EXIT_ERROR
-    assert "3 of 3 rows rejected" in result.output
-    assert not (tmp_path / "out").exists()  # Failed: kept aside for inspection, not published.
-    reasons = {
-        r["reason"] for r in read_jsonl(tmp_path / f"out{artifacts.FAILED_SUFFIX}" / "rejected")
-    }
-    assert reasons == {
-        "inference failed: InvalidArgumentError: Key: zip_code, Index: 0.  Data types don't "
-        "match. Expected type: string, Actual type: int64"
-    }
+    assert result.exit_code == 0, result.output
+    manifest = artifacts.read_manifest(str(tmp_path / "out"))
+    assert manifest.counts == {"rows_read": 3, "rows_predicted": 3, "rows_rejected": 0}
+    assert manifest.extra["input_schema"]["source"] == infer.SCHEMA_FROM_MODEL
+    assert (manifest.extra["task"], manifest.extra["classes"]) == (model_contract.BINARY, None)
+    predictions = read_jsonl(tmp_path / "out" / layout.PREDICTIONS_DIR)
+    assert sorted(p["features"]["zip_code"][0] for p in predictions) == ["2127", "76119", "77479"]
 
 
 def test_cli_flags_and_a_directory_without_a_model(tmp_path):
@@ -339,3 +333,21 @@ def test_an_export_without_raw_schema_types_by_the_input_alone(
         "inference failed: InvalidArgumentError: Key: size, Index: 0.  Data types don't match. "
         "Expected type: float, Actual type: int64"
     }
+
+
+def test_a_contract_that_does_not_fit_the_outputs_is_one_error(animals_trained, tmp_path):
+    model_dir = tmp_path / "mislabelled"
+    shutil.copytree(animals_trained("binary"), model_dir)
+    contract = model_contract.ModelContract(
+        model_contract.MULTICLASS, "heavy_xf", "heavy", ("light", "heavy", "huge")
+    )
+    model_contract.write_contract(str(model_dir), contract, None)
+    result = CliRunner().invoke(
+        infer.main,
+        [f"--model_dir={model_dir}", "--input=x.csv", f"--output_dir={tmp_path / 'out'}"],
+    )
+    assert result.exit_code == cli.EXIT_ERROR
+    assert result.output == (
+        f"error: --model_dir: {model_dir} outputs 1 value(s) per record, but its contract says "
+        "multiclass_classification (outputs wanted: 3); re-export the model\n"
+    )
