@@ -498,6 +498,11 @@ class _SplitCounter:
         )
 
 
+def _parse(records: tf.Tensor, spec: dict[str, tf.io.VarLenFeature]) -> dict[str, Any]:
+    """The features of `spec` of a batch of serialized examples (none when `spec` is empty)."""
+    return tf.io.parse_example(records, spec) if spec else {}
+
+
 def data_summary(
     ingest_dir: str, splits: Sequence[str], config: ModelCardConfig, label: Label
 ) -> list[DataSummary]:
@@ -517,7 +522,7 @@ def data_summary(
         files = [metadata.path for metadata in artifacts.list_files(pattern)]
         counter = _SplitCounter(label, config)
         dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(_READ_BATCH)
-        parsed = dataset.map(lambda records: (tf.size(records), tf.io.parse_example(records, spec)))
+        parsed = dataset.map(lambda records: (tf.size(records), _parse(records, spec)))
         try:
             for rows, batch in parsed:
                 counter.add(int(rows), batch)
