@@ -866,7 +866,10 @@ def _model_section(sources: Sources, label: Label, config: ModelCardConfig) -> l
             ("replicas", counts["replicas"]),
             ("trained", f"{training['started_at']} to {training['finished_at']}"),
         ]
-        rows += [(f"hparam {key}", str(value)) for key, value in parameters["hparams"].items()]
+        hparams = parameters.get("hparams") or {}
+        rows += [(f"hparam {key}", str(value)) for key, value in hparams.items()]
+        if not hparams:
+            rows.append(("hyper-parameters", "none given: the model function's defaults"))
     return [
         "<h2>Model</h2>",
         reports.table(["property", "value"], [(k, _cell(v)) for k, v in rows]),

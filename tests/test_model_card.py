@@ -67,7 +67,7 @@ def test_card_of_a_pushed_model_lists_slices_data_and_limitations(pushed_2015, t
         "Sparse label: 16.9% of the 18,741 training examples",
         "No consumer_complaint_narrative in the training data",
         "eval examples (",  # slices with few examples, named
-        "hparam wide_units",
+        "none given: the model function's defaults",  # no --hparams
         "schemas/consumer_complaints/schema.pbtxt",
     ):
         assert expected in text, expected
@@ -118,6 +118,7 @@ def test_card_of_a_dp_model_reports_epsilon(trained_2015_dp, ingested_2015_curat
     privacy = trained_2015_dp["manifest"].extra["privacy"]
     assert f"ε = {privacy['epsilon']:.3g} at δ = 1e-05" in text
     assert "noise_multiplier" in text and "l2_norm_clip" in text
+    assert "hparam wide_units" in text  # DP_2015's --hparams
     assert "The (ε, δ) guarantee covers the model's weights" in text
     assert "state=TX" in text and "product=Mortgage" in text
 
