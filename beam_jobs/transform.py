@@ -422,8 +422,7 @@ def run(config: TransformConfig, options: PipelineOptions) -> dict[str, Any]:
 @click.option(
     "--preprocessing_fn",
     required=True,
-    help="The TFT preprocessing function: package.module:function or path/to/file.py:function "
-    "(the demo's: model.preprocessing:preprocessing_fn).",
+    help="The TFT preprocessing function: package.module:function or path/to/file.py:function.",
 )
 @click.option(
     "--analyze_splits",

@@ -3,17 +3,18 @@ project never saw (tests/synthetic.py), through every stage with the commands th
 
 from __future__ import annotations
 
+import json
 import pathlib
 import re
 
 import pytest
 from click.testing import CliRunner
 
-from beam_jobs import transform
-from beam_jobs.lib import artifacts, model_contract
+from beam_jobs import evaluate, feedback, infer, model_card, push, transform
+from beam_jobs.lib import artifacts, layout, model_contract
 from model import train
 from tests.conftest import REPO_ROOT
-from tests.synthetic import CLASSES
+from tests.synthetic import CLASSES, write_animals_csv
 
 README = REPO_ROOT / "README.md"
 _MODULE_BLOCK = re.compile(r"```python\n# my_module.py\n(?P<code>.*?)```", re.DOTALL)
@@ -28,9 +29,33 @@ def readme_module(directory: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def ok(main, *args: str) -> None:
+def ok(main, *args: str) -> str:
     result = CliRunner().invoke(main, list(args))
     assert result.exit_code == 0, result.output
+    return result.output
+
+
+# The README's EvalConfig example for a model of one's own: thresholds on the model's own metric,
+# in the metrics_specs.thresholds form; the model spec is left to the defaults.
+USER_EVAL_CONFIG = """
+metrics_specs {
+  metrics { class_name: "ExampleCount" }
+  metrics { class_name: "SparseCategoricalAccuracy" }
+  thresholds {
+    key: "sparse_categorical_accuracy"
+    value { value_threshold { lower_bound { value: 0.7 } } }
+  }
+}
+slicing_specs {}
+slicing_specs { feature_keys: "habitat" }
+"""
+
+
+def _predictions(output_dir: pathlib.Path) -> list[dict]:
+    lines = []
+    for path in sorted((output_dir / layout.PREDICTIONS_DIR).glob("*.jsonl")):
+        lines += [json.loads(line) for line in path.read_text().splitlines()]
+    return lines
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +90,79 @@ def test_the_readme_module_trains_a_multiclass_model_that_names_its_classes(read
     contract = model_contract.read_contract(str(readme_pipeline["export"]))
     assert contract.task == model_contract.MULTICLASS
     assert sorted(contract.classes) == sorted(CLASSES)
+
+
+def test_every_stage_takes_the_user_model_with_no_demo_flags(
+    readme_pipeline, animals_ingested, tmp_path
+):
+    """evaluate, push, infer, feedback and the model card with nothing but paths: what they need
+    to know about the model they read from its contract."""
+    export = readme_pipeline["export"]
+    config = tmp_path / "eval_config.pbtxt"
+    config.write_text(USER_EVAL_CONFIG)
+    ok(
+        evaluate.main,
+        f"--model_dir={export}",
+        f"--examples_dir={animals_ingested}",
+        f"--eval_config={config}",
+        f"--output_dir={tmp_path / 'evaluate'}",
+    )
+    blessing = json.loads((tmp_path / "evaluate" / layout.BLESSING_JSON).read_text())
+    overall = [c for c in blessing["thresholds"] if c["slice"] == "overall"]
+    assert overall and overall[0]["value"] > 0.7 and blessing["blessed"]
+    ok(
+        evaluate.main,  # No --eval_config: one made for the task from the model's contract.
+        f"--model_dir={export}",
+        f"--examples_dir={animals_ingested}",
+        f"--output_dir={tmp_path / 'evaluate_default'}",
+    )
+    serving = tmp_path / "serving" / "animals"
+    ok(
+        push.main,
+        f"--model_dir={export}",
+        f"--evaluation_dir={tmp_path / 'evaluate'}",
+        f"--serving_dir={serving}",
+    )
+    new_animals = write_animals_csv(tmp_path / "new_animals.csv", rows=120, seed=99)
+    ok(
+        infer.main,
+        f"--model_dir={serving}",
+        f"--input={new_animals}",
+        "--id_column=animal_id",
+        f"--output_dir={tmp_path / 'infer'}",
+    )
+    manifest = artifacts.read_manifest(str(tmp_path / "infer"), stages=("infer",))
+    assert manifest.counts["rows_read"] == 120 and manifest.counts.get("rows_rejected", 0) == 0
+    predictions = _predictions(tmp_path / "infer")
+    assert len(predictions) == 120
+    truth = {row.split(",")[0]: row.split(",")[5] for row in new_animals.read_text().splitlines()}
+    hits = sum(p["top_class"] == truth[p["tracking_id"]] for p in predictions)
+    assert hits / len(predictions) > 0.8
+    assert all(len(p["scores"]) == len(CLASSES) for p in predictions)
+    events = tmp_path / "feedback.jsonl"
+    events.write_text(
+        "\n".join(
+            json.dumps(
+                {"tracking_id": p["tracking_id"], "kind": "label", "value": truth[p["tracking_id"]]}
+            )
+            for p in predictions[:60]
+        )
+        + "\n"
+    )
+    ok(
+        feedback.main,
+        f"--predictions={tmp_path / 'infer'}",
+        f"--feedback={events}",
+        f"--output_dir={tmp_path / 'feedback'}",
+    )
+    labelled = artifacts.read_manifest(str(tmp_path / "feedback"), stages=("feedback",))
+    assert sum(labelled.rows_written.values()) == 60
+    card = tmp_path / "card.html"
+    ok(
+        model_card.main,
+        f"--model_dir={export}",
+        f"--evaluation_dir={tmp_path / 'evaluate'}",
+        f"--output={card}",
+    )
+    page = card.read_text()
+    assert all(name in page for name in CLASSES)

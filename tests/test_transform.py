@@ -276,7 +276,6 @@ def test_help_lists_every_job_flag_with_its_default():
         "--transform_splits",
     ):
         assert flag in help_text
-    assert DEMO_PREPROCESSING_FN in help_text  # The help names the demo's as an example.
 
 
 def test_unfinished_ingest_output_is_refused(small_ingested, tmp_path):
