@@ -2,7 +2,7 @@
 
     python -m beam_jobs.feedback --predictions=out/predictions --feedback='feedback/*.jsonl' \
         --output_dir=out/feedback [--min_implicit_events=3] [--splits=train:2,eval:1] \
-        [--label_column=consumer_disputed] [--positive_value=Yes] [--negative_value=No]
+        [--label_column=<raw label>] [--positive_value=<label>] [--negative_value=<label>]
 
 Feedback records (CSV with a header row, or JSON lines) carry `tracking_id`, `kind`, `value` and
 `timestamp` (ISO 8601, optional; without a zone it is UTC). The kinds:
@@ -11,26 +11,38 @@ Feedback records (CSV with a header row, or JSON lines) carry `tracking_id`, `ki
 - `correction`: a user corrected the prediction; `value` is the correct label.
 - `wrong`: the prediction was wrong, no value; on a binary task (one score) the label is the
   opposite of the predicted one, where a score of at least 0.5 predicts the positive label.
-- `implicit`: an implicit positive signal (a click, an accepted suggestion), no value.
+  Other tasks have no one opposite: there a `wrong` is rejected (give a `correction`).
+- `implicit`: an implicit positive signal (a click, an accepted suggestion), no value: on a
+  binary task it makes the positive label, on a multi-class task it confirms the predicted top
+  class; a regression prediction takes none.
 
-A label `value` is 1/0, true/false, yes/no or the `--positive_value`/`--negative_value` themselves.
+The label (`label_spec`) is what the model that made the predictions says of itself (infer's
+manifest names the model; its `model_contract` and raw schema): `--label_column` defaults to the
+contract's raw label key. Binary: a `value` is 1/0, true/false, yes/no or one of the two label
+values, `--negative_value`/`--positive_value`, by default the contract's classes 0 and 1, else
+`0`/`1` when the raw schema types the label INT; with neither, the flags are needed. Multi-class:
+a `value` is a class name, one of the contract's classes when it names them. Regression: a number.
+The label column is written with the label's raw type (int64 for an INT label, float for FLOAT,
+else bytes), so transform reads feedback as it reads ingest's data.
+
 Per tracking id (`decide_label`, the book's rules made precise): the latest `label` or `correction`
 decides (by timestamp, then input order); else a `wrong` flips the predicted label; else at least
-`--min_implicit_events` implicit events make a positive, and fewer make nothing: absence of a
-signal is never a negative.
+`--min_implicit_events` implicit events make a positive (the top class), and fewer make nothing:
+absence of a signal is never a negative.
 
 Feedback is joined to `infer`'s predictions by tracking id (CoGroupByKey). Writes, in ingest's
 layout so `statistics`, `validate` and `transform` take it as the next span:
 
 - `<split>/data-*.tfrecord.gz`: the example the model scored, with `--label_column` set to the
-  positive or negative value; splits by the same hash of the serialized example as ingest;
+  decided label; splits by the same hash of the serialized example as ingest;
 - `provenance/`: per labelled example its tracking id, split, label, deciding rule, and the model
   name, version and fingerprint that made the prediction (beside the examples, not in them, so the
   examples keep the schema of the training data);
 - `unmatched/`: feedback whose tracking id matches no prediction;
 - `rejected/`: feedback that cannot be used (unknown kind, bad value or timestamp, no id), and
   feedback on an id that names several different predictions, with reasons;
-- `manifest.json`: counts that add up (feedback rows read = used + unmatched + rejected).
+- `manifest.json`: the label (column, task, values, type), counts that add up (feedback rows
+  read = used + unmatched + rejected).
 """
 
 from __future__ import annotations
@@ -44,10 +56,12 @@ from typing import Any
 
 import apache_beam as beam
 import click
+import tensorflow as tf
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
+from tensorflow_metadata.proto.v0 import schema_pb2
 
-from beam_jobs.lib import artifacts, cli, layout, records, shards, sources
+from beam_jobs.lib import artifacts, cli, layout, model_contract, records, shards, sources
 from beam_jobs.lib.example_json import example_from_json
 from beam_jobs.lib.splits import DEFAULT_SPLITS, Split, assign_split, parse_splits
 from beam_jobs.lib.stage_run import WriteCounts, run_beam_stage
@@ -59,9 +73,11 @@ __all__ = [
     "Event",
     "FeedbackConfig",
     "FeedbackPlan",
+    "LabelSpec",
     "Relabel",
     "build_pipeline",
     "decide_label",
+    "label_spec",
     "labelled_example",
     "main",
     "parse_event",
@@ -76,10 +92,6 @@ KINDS = (LABEL, CORRECTION, WRONG, IMPLICIT)
 EXPLICIT_KINDS = (LABEL, CORRECTION)
 TRACKING_ID, KIND, VALUE, TIMESTAMP = "tracking_id", "kind", "value", "timestamp"
 DEFAULT_MIN_IMPLICIT_EVENTS = 3
-# The demo model's label column and its values (model/features.py); other data sets pass their own.
-DEFAULT_LABEL_COLUMN = "consumer_disputed"
-DEFAULT_POSITIVE_VALUE = "Yes"
-DEFAULT_NEGATIVE_VALUE = "No"
 DECISION_THRESHOLD = 0.5
 PROVENANCE_DIR = "provenance"
 UNMATCHED_DIR = "unmatched"
@@ -90,6 +102,8 @@ _EPOCH = datetime.datetime.min.replace(tzinfo=datetime.UTC)
 _JSONL = layout.JSONL_SUFFIX
 _PREDICTIONS, _FEEDBACK, _TALLY = "predictions", "feedback", "tally"
 _MODEL_KEYS = ("model_name", "model_version", "model_fingerprint")
+# A multi-class prediction's own keys, copied into provenance beside `score` when present.
+_PREDICTED_KEYS = ("top_class", "top_class_id")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,21 +115,21 @@ class FeedbackConfig:
     output_dir: str
     min_implicit_events: int = DEFAULT_MIN_IMPLICIT_EVENTS
     splits: str = DEFAULT_SPLITS
-    label_column: str = DEFAULT_LABEL_COLUMN
-    positive_value: str = DEFAULT_POSITIVE_VALUE
-    negative_value: str = DEFAULT_NEGATIVE_VALUE
+    label_column: str | None = None
+    positive_value: str | None = None
+    negative_value: str | None = None
     input_format: str | None = None
     compression: str = records.AUTO
 
 
 @dataclasses.dataclass(frozen=True)
 class Event:
-    """One feedback record: id, kind, label (label and correction only), value as given, time, and
-    origin (feedback file index, line)."""
+    """One feedback record: id, kind, label (label and correction only: the label value written),
+    value as given, time, and origin (feedback file index, line)."""
 
     tracking_id: str
     kind: str
-    label: int | None = None
+    label: str | None = None
     timestamp: datetime.datetime | None = None
     origin: tuple[int, int] = (0, 0)
     value: str | None = None
@@ -123,9 +137,9 @@ class Event:
 
 @dataclasses.dataclass(frozen=True)
 class Decision:
-    """The label feedback gives a prediction, and the kind of feedback that decided it."""
+    """The label feedback gives a prediction (the value written), and the kind that decided it."""
 
-    label: int
+    label: str
     rule: str
 
 
@@ -156,6 +170,90 @@ def parse_label(value: Any, positive_value: str, negative_value: str) -> int:
     raise ValueError(f"value {text!r} is not a label ({accepted})")
 
 
+@dataclasses.dataclass(frozen=True)
+class LabelSpec:
+    """The label feedback writes: its column, the task, the values it takes and its raw type.
+
+    Attributes:
+        column: the raw feature the label goes in.
+        task: the task of the model that made the predictions (one of `model_contract.TASKS`).
+        values: binary: (negative value, positive value); multi-class: the class names by index,
+            empty when unknown (any value of the label's type is taken); regression: empty.
+        raw_type: the label's type in the raw schema; the label is written with it.
+    """
+
+    column: str
+    task: str = model_contract.BINARY
+    values: tuple[str, ...] = ()
+    raw_type: records.ColumnType = records.ColumnType.BYTES
+
+    def feature(self, label: str) -> tf.train.Feature:
+        """The label feature holding `label`, of the label's raw type.
+
+        Raises:
+            ValueError: `label` does not fit the type; the message names the column.
+        """
+        example = records.encode_example({self.column: label}, {self.column: self.raw_type})
+        return example.features.feature[self.column]
+
+    def parse(self, value: Any) -> str:
+        """A `label` or `correction` value as the label written.
+
+        Raises:
+            ValueError: the value is not a label of this task (binary: `parse_label`; multi-class:
+                not one of the classes; a value that does not fit the label's type).
+        """
+        if self.task == model_contract.BINARY:
+            negative, positive = self.values
+            return self.values[parse_label(value, positive, negative)]
+        text = _text(value)
+        label = text.strip() if text is not None else ""
+        if not label:
+            raise ValueError(f"value {text!r} is not a label")
+        if self.values and label not in self.values:
+            raise ValueError(f"value {label!r} is not a class ({', '.join(self.values)})")
+        self.feature(label)
+        return label
+
+    def check_kind(self, kind: str) -> None:
+        """Refuses feedback kinds the task has no label for.
+
+        Raises:
+            ValueError: `wrong` on a task other than binary, `implicit` on regression.
+        """
+        if kind == WRONG and self.task != model_contract.BINARY:
+            raise ValueError(
+                f"'{WRONG}' has no one opposite label on a {self.task} prediction; "
+                f"give a '{CORRECTION}' with the right label"
+            )
+        if kind == IMPLICIT and self.task == model_contract.REGRESSION:
+            raise ValueError(f"'{IMPLICIT}' gives no label to a regression prediction")
+
+    def predicted(self, prediction: Mapping[str, Any]) -> str:
+        """The label a prediction record predicts (binary: by `DECISION_THRESHOLD`; multi-class:
+        its top class, which must be a label of this spec).
+
+        Raises:
+            ValueError: the record does not hold a prediction of this task.
+        """
+        score = prediction.get("score")
+        if self.task == model_contract.BINARY:
+            if not isinstance(score, (int, float)):
+                raise ValueError(
+                    f"a binary label needs a binary prediction (one score), not {score!r}"
+                )
+            return self.values[1 if score >= DECISION_THRESHOLD else 0]
+        if self.task == model_contract.MULTICLASS:
+            top_class = prediction.get("top_class")
+            scores = prediction.get("scores", score)
+            if top_class is None and isinstance(scores, list) and scores:
+                top = scores.index(max(scores))
+                top_class = self.values[top] if top < len(self.values) else str(top)
+            if top_class is not None:
+                return self.parse(top_class)  # The predicted class as a label: checked.
+        raise ValueError(f"the prediction {score!r} has no predicted {self.task} label")
+
+
 def _parse_timestamp(value: Any) -> datetime.datetime | None:
     text = _text(value)
     if text is None:
@@ -168,16 +266,14 @@ def _parse_timestamp(value: Any) -> datetime.datetime | None:
 
 
 def parse_event(
-    values: Mapping[str, Any],
-    positive_value: str,
-    negative_value: str,
-    origin: tuple[int, int] = (0, 0),
+    values: Mapping[str, Any], spec: LabelSpec, origin: tuple[int, int] = (0, 0)
 ) -> Event:
     """One feedback record's columns as an `Event`.
 
     Raises:
-        ValueError: no tracking id, an unknown kind, a label kind without a label value, or a
-            timestamp that is not ISO 8601; the message says which.
+        ValueError: no tracking id, an unknown kind or one the task takes none of, a label kind
+            without a label value of the task, or a timestamp that is not ISO 8601; the message
+            says which.
     """
     tracking = _text(values.get(TRACKING_ID))
     if tracking is None:
@@ -185,9 +281,8 @@ def parse_event(
     kind = (_text(values.get(KIND)) or "").strip().lower()
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; kinds are {', '.join(KINDS)}")
-    label = None
-    if kind in EXPLICIT_KINDS:
-        label = parse_label(values.get(VALUE), positive_value, negative_value)
+    spec.check_kind(kind)
+    label = spec.parse(values.get(VALUE)) if kind in EXPLICIT_KINDS else None
     timestamp = _parse_timestamp(values.get(TIMESTAMP))
     return Event(tracking.strip(), kind, label, timestamp, origin, _text(values.get(VALUE)))
 
@@ -197,53 +292,59 @@ def _latest(events: Iterable[Event]) -> Event:
 
 
 def decide_label(
-    score: float | Sequence[float], events: Sequence[Event], min_implicit_events: int
+    prediction: Mapping[str, Any],
+    events: Sequence[Event],
+    min_implicit_events: int,
+    spec: LabelSpec,
 ) -> Decision | None:
     """The label feedback gives one prediction, or None when it gives none.
 
     Args:
-        score: the model's score of the record (one probability on a binary task).
+        prediction: infer's record of the prediction (`score`, and `top_class` on multi-class).
         events: every feedback event on the record.
-        min_implicit_events: implicit events needed for a positive.
+        min_implicit_events: implicit events needed for a positive (binary) or the top class.
+        spec: the label, its task and values.
 
     Raises:
-        ValueError: only `wrong` decides, and the prediction is not one binary score.
+        ValueError: `wrong` or `implicit` decides, and the record holds no prediction of the task
+            (a binary task's `wrong` on several scores).
     """
     explicit = [event for event in events if event.kind in EXPLICIT_KINDS]
     if explicit:
         latest = _latest(explicit)
         return Decision(latest.label, latest.kind)
     if any(event.kind == WRONG for event in events):
-        if isinstance(score, (list, tuple)):
-            raise ValueError(f"'{WRONG}' needs a binary prediction (one score), not {score!r}")
-        return Decision(0 if score >= DECISION_THRESHOLD else 1, WRONG)
+        negative, positive = spec.values
+        return Decision(negative if spec.predicted(prediction) == positive else positive, WRONG)
     implicit = sum(event.kind == IMPLICIT for event in events)
     if implicit and implicit >= min_implicit_events:
-        return Decision(1, IMPLICIT)
+        if spec.task == model_contract.BINARY:
+            return Decision(spec.values[1], IMPLICIT)
+        return Decision(spec.predicted(prediction), IMPLICIT)
     return None
 
 
-def labelled_example(features: Mapping[str, list[Any]], label_column: str, label: bytes) -> bytes:
-    """The serialized example the model saw, with `label_column` set to `label` (deterministic)."""
+def labelled_example(features: Mapping[str, list[Any]], spec: LabelSpec, label: str) -> bytes:
+    """The serialized example the model saw, with the label column set to `label` (of the label's
+    raw type), deterministically."""
     example = example_from_json(features)
-    example.features.feature[label_column].bytes_list.value[:] = [label]
+    example.features.feature[spec.column].CopyFrom(spec.feature(label))
     return example.SerializeToString(deterministic=True)
 
 
 class _ParseEvents(beam.DoFn):
     """`RawRow` of feedback → (tracking id, Event), or (origin, rejected line) tagged rejected."""
 
-    def __init__(self, files: tuple[sources.InputFile, ...], config: FeedbackConfig) -> None:
+    def __init__(self, files: tuple[sources.InputFile, ...], spec: LabelSpec) -> None:
         self._index = {item.path: item.index for item in files}
-        self._positive = config.positive_value
-        self._negative = config.negative_value
+        self._spec = spec
 
     def process(self, row: records.RawRow) -> Iterator[Any]:
         origin = (self._index[row.file], row.line)
         try:
             if row.error:
                 raise ValueError(row.error)
-            event = parse_event(row.values, self._positive, self._negative, origin)
+            event = parse_event(row.values, self._spec, origin)
         except ValueError as error:
             line = sources.rejected_line(row.file, row.line, str(error), row.raw or row.values)
             yield beam.pvalue.TaggedOutput(layout.REJECTED_DIR, (origin, line))
@@ -265,6 +366,7 @@ class FeedbackPlan:
     """Everything resolved before the pipeline runs."""
 
     config: FeedbackConfig
+    label: LabelSpec
     prediction_files: tuple[str, ...]
     feedback_files: tuple[sources.InputFile, ...]
     feedback_format: str
@@ -281,8 +383,6 @@ class _JoinFeedback(beam.DoFn):
     def __init__(self, plan: FeedbackPlan) -> None:
         self._plan = plan
         self._paths = {item.index: item.path for item in plan.feedback_files}
-        config = plan.config
-        self._values = {1: config.positive_value.encode(), 0: config.negative_value.encode()}
 
     def _aside(self, directory: str, events: Iterable[Event], reason: str) -> Iterator[Any]:
         for event in events:
@@ -314,7 +414,7 @@ class _JoinFeedback(beam.DoFn):
         (prediction,) = distinct.values()
         try:
             decision = decide_label(
-                prediction["score"], events, self._plan.config.min_implicit_events
+                prediction, events, self._plan.config.min_implicit_events, self._plan.label
             )
         except ValueError as error:
             yield from self._aside(layout.REJECTED_DIR, events, str(error))
@@ -328,18 +428,17 @@ class _JoinFeedback(beam.DoFn):
     def _labelled(
         self, tracking: str, prediction: dict[str, Any], decision: Decision, events: int
     ) -> Iterator[Any]:
-        config = self._plan.config
-        label = self._values[decision.label]
-        serialized = labelled_example(prediction["features"], config.label_column, label)
+        serialized = labelled_example(prediction["features"], self._plan.label, decision.label)
         split = assign_split(serialized, self._plan.splits)
         yield (split, 0), (tracking, serialized)
         provenance = {
             "tracking_id": tracking,
             "split": split,
-            "label": label.decode(),
+            "label": decision.label,
             "rule": decision.rule,
             "events": events,
             "score": prediction["score"],
+            **{key: prediction[key] for key in _PREDICTED_KEYS if key in prediction},
             **{key: prediction.get(key) for key in _MODEL_KEYS},
         }
         line = json.dumps(provenance, sort_keys=True)
@@ -362,7 +461,7 @@ class Relabel(beam.PTransform):
 
     def expand(self, inputs: dict[str, beam.PCollection]) -> dict[str, beam.PCollection]:
         events = inputs["feedback"] | "ParseEvents" >> beam.ParDo(
-            _ParseEvents(self._plan.feedback_files, self._plan.config)
+            _ParseEvents(self._plan.feedback_files, self._plan.label)
         ).with_outputs(layout.REJECTED_DIR, main="events")
         joined = (
             {_PREDICTIONS: inputs["predictions"], _FEEDBACK: events.events}
@@ -435,14 +534,143 @@ def build_pipeline(pipeline: beam.Pipeline, plan: FeedbackPlan, staging_dir: str
     )
 
 
-def plan_feedback(config: FeedbackConfig) -> FeedbackPlan:
-    """Resolves prediction files, feedback files and format, and splits, failing early.
+def _label_type(raw_schema: schema_pb2.Schema | None, column: str, task: str) -> records.ColumnType:
+    """The label's raw type: the raw schema's, else FLOAT for regression and BYTES otherwise."""
+    types = records.schema_column_types(raw_schema) if raw_schema is not None else {}
+    if column in types:
+        return types[column]
+    return (
+        records.ColumnType.FLOAT if task == model_contract.REGRESSION else records.ColumnType.BYTES
+    )
+
+
+def _binary_values(
+    config: FeedbackConfig,
+    contract: model_contract.ModelContract | None,
+    raw_type: records.ColumnType,
+    label: str,
+) -> tuple[str, str]:
+    """(negative, positive): the flags, else the contract's classes 0 and 1, else 0/1 for INT.
 
     Raises:
-        cli.JobError: the predictions are not a finished infer output, no feedback file.
-        click.BadParameter: bad splits, or the same positive and negative label value.
+        cli.JobError: no flag and nothing to take them from.
+        click.BadParameter: the two values are the same.
     """
-    artifacts.read_manifest(config.predictions, flag="predictions", stages=("infer",))
+    defaults: tuple[str | None, str | None] = (None, None)
+    if contract is not None and contract.classes is not None and len(contract.classes) == 2:
+        defaults = (contract.classes[0], contract.classes[1])
+    elif raw_type is records.ColumnType.INT:
+        defaults = ("0", "1")
+    negative = config.negative_value or defaults[0]
+    positive = config.positive_value or defaults[1]
+    if negative is None or positive is None:
+        raise cli.JobError(
+            f"cannot tell the values of the binary label {label}: "
+            "its contract names no two classes and its raw schema does not type the label INT; "
+            "pass --positive_value and --negative_value"
+        )
+    if positive.lower() == negative.lower():
+        raise click.BadParameter(
+            f"the same as --positive_value={positive}", param_hint="--negative_value"
+        )
+    return negative, positive
+
+
+def label_spec(
+    config: FeedbackConfig,
+    contract: model_contract.ModelContract | None,
+    raw_schema: schema_pb2.Schema | None,
+    model: str = "the model",
+) -> LabelSpec:
+    """The label feedback writes: the flags, else what the model says of itself.
+
+    Args:
+        config: the job's flags (`label_column`, `positive_value`, `negative_value`).
+        contract: the contract of the model that made the predictions, None without one (then
+            the task is binary and the flags are needed).
+        raw_schema: that model's raw schema, None without one.
+        model: how errors name the model.
+
+    Raises:
+        cli.JobError: no label column or label values given or found.
+        click.BadParameter: values that do not fit the label's type or task.
+    """
+    column = config.label_column or (contract.label_key if contract else None)
+    if not column:
+        raise cli.JobError(f"{model} names no raw label column; pass --label_column")
+    task = contract.task if contract else model_contract.BINARY
+    raw_type = _label_type(raw_schema, column, task)
+    if task == model_contract.BINARY:
+        label = f"{column} of {model}"
+        values: tuple[str, ...] = _binary_values(config, contract, raw_type, label)
+    elif config.positive_value or config.negative_value:
+        flag = "--positive_value" if config.positive_value else "--negative_value"
+        raise click.BadParameter(f"applies to binary models; {model} is {task}", param_hint=flag)
+    else:
+        values = (contract.classes or ()) if task == model_contract.MULTICLASS else ()
+    spec = LabelSpec(column, task, tuple(values), raw_type)
+    _check_values(spec, config, model)
+    return spec
+
+
+def _check_values(spec: LabelSpec, config: FeedbackConfig, model: str) -> None:
+    """Checks every label value fits the label's raw type.
+
+    Raises:
+        click.BadParameter: a `--positive_value`/`--negative_value` that does not fit.
+        cli.JobError: a class of the model's contract that does not fit.
+    """
+    flags = {config.negative_value: "--negative_value", config.positive_value: "--positive_value"}
+    for value in spec.values:
+        try:
+            spec.feature(value)
+        except ValueError as error:
+            if value in flags:
+                raise click.BadParameter(str(error), param_hint=flags[value]) from None
+            raise cli.JobError(f"{model}: class {error}") from None
+
+
+def _prediction_model(
+    manifest: artifacts.Manifest,
+) -> tuple[model_contract.ModelContract | None, schema_pb2.Schema | None, str]:
+    """The contract and raw schema of the model infer's manifest names, and how to name it.
+
+    Without the model, the labels are binary, from the flags.
+
+    Raises:
+        cli.JobError: the model's contract or raw schema cannot be read, or the model is gone
+            and infer recorded a task other than binary, whose labels need its contract.
+    """
+    model = manifest.extra.get("model") or {}
+    path = model.get("path") if isinstance(model, dict) else None
+    if not path:
+        return None, None, "the model that made the predictions (infer's manifest names none)"
+    if not FileSystems.exists(path):
+        task = manifest.extra.get("task")
+        if task not in (None, model_contract.BINARY):
+            raise cli.JobError(
+                f"--predictions: the {task} model that made them, {path}, is gone; its "
+                "contract names the labels: put the model back at that path"
+            )
+        return None, None, f"the model that made the predictions ({path}, which is gone)"
+    try:
+        contract = model_contract.read_contract(path)
+        raw_schema = model_contract.read_raw_schema(path)
+    except ValueError as error:
+        raise cli.JobError(f"--predictions: {error}") from None
+    return contract, raw_schema, f"the model that made the predictions ({path})"
+
+
+def plan_feedback(config: FeedbackConfig) -> FeedbackPlan:
+    """Resolves prediction files, feedback files and format, splits and the label, failing early.
+
+    Raises:
+        cli.JobError: the predictions are not a finished infer output, no feedback file, no
+            label column or values given or found.
+        click.BadParameter: bad splits, or label values that cannot be (the same positive and
+            negative value, a value not of the label's type).
+    """
+    manifest = artifacts.read_manifest(config.predictions, flag="predictions", stages=("infer",))
     prediction_files = tuple(
         item.path
         for item in artifacts.list_files(
@@ -461,12 +689,9 @@ def plan_feedback(config: FeedbackConfig) -> FeedbackPlan:
     reserved = [split.name for split in splits if split.name in _RESERVED_SPLITS]
     if reserved:
         raise click.BadParameter(f"{reserved[0]!r} is a reserved name", param_hint="--splits")
-    if config.positive_value.lower() == config.negative_value.lower():
-        raise click.BadParameter(
-            f"the same as --positive_value={config.positive_value}", param_hint="--negative_value"
-        )
     return FeedbackPlan(
         config=config,
+        label=label_spec(config, *_prediction_model(manifest)),
         prediction_files=prediction_files,
         feedback_files=tuple(
             sources.InputFile(index, path, compression=config.compression)
@@ -565,7 +790,16 @@ def run(config: FeedbackConfig, options: PipelineOptions) -> dict[str, Any]:
                 "splits": {split.name: split.weight for split in plan.splits},
             },
             counts=counts,
-            extra={"splits": [split.name for split in plan.splits], "models": _models(raw)},
+            extra={
+                "splits": [split.name for split in plan.splits],
+                "models": _models(raw),
+                "label": {
+                    "column": plan.label.column,
+                    "task": plan.label.task,
+                    "values": list(plan.label.values),
+                    "type": plan.label.raw_type.name,
+                },
+            },
         )
     logging.info("feedback: %s -> %s", counts, config.output_dir)
     return manifest
@@ -591,9 +825,21 @@ def run(config: FeedbackConfig, options: PipelineOptions) -> dict[str, Any]:
     help="Implicit events on one prediction that make a positive label.",
 )
 @click.option("--splits", default=DEFAULT_SPLITS, help="Split names and hash-bucket weights.")
-@click.option("--label_column", default=DEFAULT_LABEL_COLUMN, help="Column the label goes in.")
-@click.option("--positive_value", default=DEFAULT_POSITIVE_VALUE, help="Label text of a positive.")
-@click.option("--negative_value", default=DEFAULT_NEGATIVE_VALUE, help="Label text of a negative.")
+@click.option(
+    "--label_column",
+    default=None,
+    help="Column the label goes in [default: the predicting model's raw label].",
+)
+@click.option(
+    "--positive_value",
+    default=None,
+    help="Label of a positive (binary) [default: the model's class 1; 1 for an INT label].",
+)
+@click.option(
+    "--negative_value",
+    default=None,
+    help="Label of a negative (binary) [default: the model's class 0; 0 for an INT label].",
+)
 @sources.input_format_option("Feedback")
 @sources.compression_option
 def main(
@@ -602,9 +848,9 @@ def main(
     output_dir: str,
     min_implicit_events: int,
     splits: str,
-    label_column: str,
-    positive_value: str,
-    negative_value: str,
+    label_column: str | None,
+    positive_value: str | None,
+    negative_value: str | None,
     input_format: str | None,
     compression: str,
     beam_args: tuple[str, ...],

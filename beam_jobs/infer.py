@@ -6,9 +6,12 @@
 
 Records are read, typed and encoded as `tf.Example`s by the readers and conversion ingest uses
 (`sources.RawRowsToExamples`), without splitting: the model sees exactly what training data looked
-like. Pass `--schema` (the schema the training data was ingested with) so that a column is typed as
-in training whatever this input holds: without it, types are inferred over this input alone, and a
-column like `zip_code`, text in the schema, may come out as integers the model cannot parse.
+like. Columns are typed by the raw schema the model was trained on (`assets/raw_schema.pbtxt` of
+the export, see `model_contract`), so a column is typed as in training whatever this input holds;
+`--schema` overrides it. A value that does not fit its column's type (text in an INT column) is
+rejected with the column named. An export without a raw schema and no `--schema`: types are
+inferred over this input alone, and a column like `zip_code`, text in training, may come out as
+integers the model cannot parse (a warning says so).
 
 Scoring is tfx_bsl's model handler (`CreateModelHandler` with a `SavedModelSpec`) under Beam's
 `RunInference`: batches of serialized examples go to the `serving_default` signature and come back
@@ -16,11 +19,19 @@ as TF Serving `PredictionLog`s. A batch that fails is retried one record at a ti
 records that really fail are rejected. Writes:
 
 - `predictions/predictions-*.jsonl`: per record its tracking id (the `--id_column` value, else a
-  hash of the serialized example), model name, version and fingerprint, score, and the features
-  the model saw (`example_to_json`), so feedback can be joined to exactly what was scored;
+  hash of the serialized example), model name, version and fingerprint, the prediction, and the
+  features the model saw (`example_to_json`), so feedback can be joined to exactly what was scored;
 - `prediction_logs/prediction_logs-*.tfrecord.gz`: the `PredictionLog`s, in the same order;
 - `rejected/`: records that could not be parsed, typed, identified or scored, with reasons;
-- `manifest.json`: model path, version and fingerprint, counts (rows read = predicted + rejected).
+- `manifest.json`: model path, version and fingerprint, the model's task and classes, the schema
+  that typed the input, counts (rows read = predicted + rejected).
+
+The prediction follows the task of the export's contract (`prediction_fields`): binary, `score`
+is the probability of class 1; multi-class, `scores` holds the probability of each class by class
+index, `top_class_id` the index of the most probable class (the lowest on a tie), `top_class` its
+name (the contract's class name, else the index as text) and `score` its probability; regression,
+`score` is the predicted value. An export without a contract: `score` is the output as it is (a
+float, or a list of floats when the model outputs several values per record).
 """
 
 from __future__ import annotations
@@ -45,7 +56,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 from tfx_bsl.public.beam.run_inference import CreateModelHandler
 from tfx_bsl.public.proto import model_spec_pb2
 
-from beam_jobs.lib import artifacts, cli, layout, records, shards, sources
+from beam_jobs.lib import artifacts, cli, layout, model_contract, records, shards, sources
 from beam_jobs.lib.example_json import example_to_json
 from beam_jobs.lib.splits import fingerprint
 from beam_jobs.lib.stage_run import WriteCounts, run_beam_stage
@@ -53,11 +64,14 @@ from beam_jobs.lib.stage_run import WriteCounts, run_beam_stage
 __all__ = [
     "InferConfig",
     "InferPlan",
+    "InputSchema",
     "ModelInfo",
     "ScoreExamples",
     "build_pipeline",
+    "input_schema",
     "main",
     "plan_infer",
+    "prediction_fields",
     "prediction_record",
     "resolve_model",
     "run",
@@ -71,6 +85,8 @@ DEFAULT_BATCH_SIZE = 256
 _MAX_REASON_CHARS = 300
 _PREDICTIONS_FILE = (layout.PREDICTIONS_DIR, layout.JSONL_SUFFIX)
 _LOGS_FILE = (layout.PREDICTION_LOGS_DIR, layout.TFRECORD_GZ_SUFFIX)
+
+SCHEMA_FROM_MODEL, SCHEMA_FROM_FLAG = "model", "--schema"
 
 SortKey = tuple[int, int]
 Keyed = tuple[tuple[SortKey, str], bytes]
@@ -103,13 +119,30 @@ class ModelInfo:
 
 
 @dataclasses.dataclass(frozen=True)
+class InputSchema:
+    """The column types raw records are typed with, and the schema they come from.
+
+    Attributes:
+        types: column types by column name; columns not named are typed by their values.
+        source: `SCHEMA_FROM_MODEL` (the export's raw schema), `SCHEMA_FROM_FLAG` (`--schema`),
+            or None (no schema: every column typed by its values in this input).
+        path: the schema file, None without one.
+    """
+
+    types: dict[str, records.ColumnType]
+    source: str | None = None
+    path: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class InferPlan:
-    """Everything resolved before the pipeline runs: model, files, format, types, shards."""
+    """Everything resolved before the pipeline runs: model, contract, files, format, types."""
 
     model: ModelInfo
+    contract: model_contract.ModelContract | None
     files: tuple[sources.InputFile, ...]
     input_format: str
-    schema_types: dict[str, records.ColumnType]
+    input_schema: InputSchema
     num_shards: int
     id_column: str | None
     batch_size: int
@@ -119,14 +152,19 @@ def _base_name(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1]
 
 
-def _check_signature(model_path: str) -> None:
-    """Checks the SavedModel has `serving_default`: one string input, an `outputs` output."""
+def _serving_signature(model_path: str) -> Any:
+    """The `serving_default` SignatureDef of a SavedModel, or None when it has none."""
     saved_model = saved_model_pb2.SavedModel()
     path = FileSystems.join(model_path, layout.SAVED_MODEL_FILE)
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
         saved_model.ParseFromString(handle.read())
     signatures = saved_model.meta_graphs[0].signature_def if saved_model.meta_graphs else {}
-    signature = signatures.get(layout.SERVING_SIGNATURE)
+    return signatures.get(layout.SERVING_SIGNATURE)
+
+
+def _check_signature(model_path: str) -> None:
+    """Checks the SavedModel has `serving_default`: one string input, an `outputs` output."""
+    signature = _serving_signature(model_path)
     if signature is None:
         raise cli.JobError(f"--model_dir: {model_path} has no {layout.SERVING_SIGNATURE} signature")
     inputs = list(signature.inputs.values())
@@ -139,6 +177,40 @@ def _check_signature(model_path: str) -> None:
         raise cli.JobError(
             f"--model_dir: {layout.SERVING_SIGNATURE} of {model_path} returns "
             f"{sorted(signature.outputs)}, not {layout.OUTPUT_KEY!r}"
+        )
+
+
+def _values_per_record(model_path: str) -> int | None:
+    """How many values `outputs` holds per record, from its declared shape; None if unknown."""
+    shape = _serving_signature(model_path).outputs[layout.OUTPUT_KEY].tensor_shape
+    if shape.unknown_rank or not shape.dim:
+        return None
+    if len(shape.dim) == 1:
+        return 1
+    sizes = [dim.size for dim in shape.dim[1:]]
+    return int(np.prod(sizes)) if all(size >= 0 for size in sizes) else None
+
+
+def _check_outputs(model: ModelInfo, contract: model_contract.ModelContract | None) -> None:
+    """Checks the model's output width fits its contract's task (and classes, when named).
+
+    Raises:
+        cli.JobError: a binary or regression model with several outputs per record, a
+            multi-class model with one, or a number of outputs other than the classes named.
+    """
+    width = _values_per_record(model.path)
+    if contract is None or width is None:
+        return
+    if contract.task == model_contract.MULTICLASS:
+        expected = len(contract.classes) if contract.classes is not None else None
+        fits = width > 1 and expected in (None, width)
+        wanted = f"{expected}" if expected is not None else "one per class (more than one)"
+    else:
+        fits, wanted = width == 1, "1"
+    if not fits:
+        raise cli.JobError(
+            f"--model_dir: {model.path} outputs {width} value(s) per record, but its contract "
+            f"says {contract.task} (outputs wanted: {wanted}); re-export the model"
         )
 
 
@@ -192,28 +264,71 @@ def tracking_id(example: tf.train.Example, serialized: bytes, id_column: str | N
     return str(values[0])
 
 
+def _output_values(log: prediction_log_pb2.PredictionLog) -> np.ndarray:
+    return np.asarray(tf.make_ndarray(log.predict_log.response.outputs[layout.OUTPUT_KEY])).ravel()
+
+
 def score_of(log: prediction_log_pb2.PredictionLog) -> float | list[float]:
     """The model's `outputs` for one record: a float, or a list for several outputs."""
-    values = np.asarray(
-        tf.make_ndarray(log.predict_log.response.outputs[layout.OUTPUT_KEY])
-    ).ravel()
+    values = _output_values(log)
     return float(values[0]) if values.size == 1 else [float(value) for value in values]
 
 
-def prediction_record(
-    tracking: str, model: ModelInfo, log: prediction_log_pb2.PredictionLog
+def prediction_fields(
+    values: np.ndarray, contract: model_contract.ModelContract | None
 ) -> dict[str, Any]:
-    """The JSON line of one prediction: id, model, score and the features the model saw."""
-    serialized = log.predict_log.request.inputs[next(iter(log.predict_log.request.inputs))]
-    example = tf.train.Example.FromString(serialized.string_val[0])
+    """The prediction's fields of one record's output values, by the contract's task.
+
+    Binary and regression: `score` (the probability of class 1, the predicted value). Multi-class:
+    `scores` by class index, `top_class_id` (the first of equal maxima), `top_class` and `score`
+    (the top class's probability). No contract: `score`, a float or a list of floats.
+
+    Raises:
+        ValueError: the number of values does not fit the task.
+    """
+    scores = [float(value) for value in values]
+    if contract is None:
+        return {"score": scores[0] if len(scores) == 1 else scores}
+    if contract.task != model_contract.MULTICLASS:
+        if len(scores) != 1:
+            raise ValueError(f"a {contract.task} model outputs 1 value, this one {len(scores)}")
+        return {"score": scores[0]}
+    if len(scores) < 2 or (contract.classes is not None and len(scores) != len(contract.classes)):
+        raise ValueError(f"{len(scores)} value(s) are not one score per class of the model")
+    top = int(np.argmax(values))
+    return {
+        "score": scores[top],
+        "scores": scores,
+        "top_class": contract.class_name(top),
+        "top_class_id": top,
+    }
+
+
+def prediction_record(
+    tracking: str,
+    model: ModelInfo,
+    log: prediction_log_pb2.PredictionLog,
+    contract: model_contract.ModelContract | None = None,
+) -> dict[str, Any]:
+    """The JSON line of one prediction: id, model, prediction and the features the model saw.
+
+    Raises:
+        ValueError: the model's output does not fit its contract's task (`prediction_fields`).
+    """
     return {
         "tracking_id": tracking,
         "model_name": model.name,
         "model_version": model.version,
         "model_fingerprint": model.fingerprint,
-        "score": score_of(log),
-        "features": example_to_json(example),
+        **prediction_fields(_output_values(log), contract),
+        "features": _record_features(log),
     }
+
+
+def _record_features(log: prediction_log_pb2.PredictionLog) -> dict[str, list[Any]]:
+    """The features of the example a log's request scored, as JSON values."""
+    serialized = log.predict_log.request.inputs[next(iter(log.predict_log.request.inputs))]
+    return example_to_json(tf.train.Example.FromString(serialized.string_val[0]))
 
 
 class _AssignTrackingId(beam.DoFn):
@@ -348,18 +463,30 @@ class ScoreExamples(beam.PTransform):
 
 
 class _FormatPrediction(beam.DoFn):
-    """((sort key, id), log) → a JSON line and a serialized log, each keyed for its shard."""
+    """((sort key, id), log) → a JSON line and a serialized log, each keyed for its shard, or a
+    rejected line (tagged rejected) when the output does not fit the model's task."""
 
-    def __init__(self, model: ModelInfo, num_shards: int) -> None:
-        self._model = model
-        self._num_shards = num_shards
+    def __init__(self, plan: InferPlan) -> None:
+        self._model = plan.model
+        self._contract = plan.contract
+        self._num_shards = plan.num_shards
+        self._paths = {item.index: item.path for item in plan.files}
         self._predicted = beam.metrics.Metrics.counter(STAGE, ROWS_PREDICTED)
+        self._rejected = beam.metrics.Metrics.counter(STAGE, layout.ROWS_REJECTED)
 
     def process(self, scored: tuple[tuple[SortKey, str], Any]) -> Iterator[Any]:
         (sort_key, tracking), log = scored
+        try:
+            record = prediction_record(tracking, self._model, log, self._contract)
+        except ValueError as error:
+            self._rejected.inc()
+            features = _record_features(log)
+            path = self._paths[sort_key[0]]
+            line = sources.rejected_line(path, sort_key[1], f"prediction: {error}", features)
+            yield beam.pvalue.TaggedOutput(layout.REJECTED_DIR, (sort_key, line))
+            return
         self._predicted.inc()
         shard = fingerprint(tracking.encode("utf-8")) % self._num_shards
-        record = prediction_record(tracking, self._model, log)
         line = json.dumps(record, sort_keys=True)
         yield (layout.PREDICTIONS_DIR, shard), (sort_key, line)
         yield beam.pvalue.TaggedOutput(
@@ -375,15 +502,15 @@ def build_pipeline(pipeline: beam.Pipeline, plan: InferPlan, staging_dir: str) -
     """Adds the infer graph to `pipeline`: predictions, logs, rejects, counts in `staging_dir`."""
     paths = {item.index: item.path for item in plan.files}
     converted = pipeline | "ReadExamples" >> sources.RawRowsToExamples(
-        plan.files, plan.input_format, plan.schema_types, stage=STAGE
+        plan.files, plan.input_format, plan.input_schema.types, stage=STAGE
     )
     identified = converted.examples | "AssignTrackingIds" >> beam.ParDo(
         _AssignTrackingId(plan.files, plan.id_column)
     ).with_outputs(layout.REJECTED_DIR, main="keyed")
     scored = identified.keyed | "Score" >> ScoreExamples(plan.model, plan.batch_size, paths)
     formatted = scored["predictions"] | "FormatPredictions" >> beam.ParDo(
-        _FormatPrediction(plan.model, plan.num_shards)
-    ).with_outputs(layout.PREDICTION_LOGS_DIR, main=layout.PREDICTIONS_DIR)
+        _FormatPrediction(plan)
+    ).with_outputs(layout.PREDICTION_LOGS_DIR, layout.REJECTED_DIR, main=layout.PREDICTIONS_DIR)
     written = formatted[layout.PREDICTIONS_DIR] | "WritePredictions" >> shards.WriteSortedShards(
         staging_dir, lambda _: plan.num_shards, _PREDICTIONS_FILE, shards.write_jsonl_shard
     )
@@ -391,7 +518,12 @@ def build_pipeline(pipeline: beam.Pipeline, plan: InferPlan, staging_dir: str) -
         staging_dir, lambda _: plan.num_shards, _LOGS_FILE, shards.write_tfrecord_shard
     )
     rejected = (
-        (converted.rejected, identified[layout.REJECTED_DIR], scored["rejected"])
+        (
+            converted.rejected,
+            identified[layout.REJECTED_DIR],
+            scored["rejected"],
+            formatted[layout.REJECTED_DIR],
+        )
         | "FlattenRejected" >> beam.Flatten()
         | "KeyRejected" >> beam.Map(lambda keyed: ((layout.REJECTED_DIR, 0), keyed))
         | "WriteRejected"
@@ -409,24 +541,58 @@ def build_pipeline(pipeline: beam.Pipeline, plan: InferPlan, staging_dir: str) -
     )
 
 
-def plan_infer(config: InferConfig) -> InferPlan:
-    """Resolves the model and the input as ingest would (files, format, column types, shards).
+def _read_contract(model: ModelInfo) -> model_contract.ModelContract | None:
+    """The model's contract, None for an export without one.
 
     Raises:
-        cli.JobError: no model, no input file, an unknown format, a CSV without `--id_column`.
+        cli.JobError: the export's contract cannot be read.
+    """
+    try:
+        return model_contract.read_contract(model.path)
+    except ValueError as error:
+        raise cli.JobError(f"--model_dir: {error}; re-export the model") from None
+
+
+def input_schema(schema: str | None, model: ModelInfo) -> InputSchema:
+    """The column types of raw records: `--schema`'s, else the model's raw schema's, else none.
+
+    Raises:
+        cli.JobError: `--schema` is not a schema, or the model's raw schema cannot be read.
+    """
+    if schema:
+        return InputSchema(records.column_types_from_schema(schema), SCHEMA_FROM_FLAG, schema)
+    try:
+        raw_schema = model_contract.read_raw_schema(model.path)
+    except ValueError as error:
+        raise cli.JobError(f"--model_dir: {error}; pass --schema") from None
+    if raw_schema is None:
+        logging.warning(
+            "infer: the model carries no raw schema and there is no --schema, so column types are "
+            "inferred from this input alone; pass the schema the training data was ingested with "
+            "so every column is typed as in training"
+        )
+        return InputSchema({})
+    path = model_contract.raw_schema_path(model.path)
+    return InputSchema(records.schema_column_types(raw_schema), SCHEMA_FROM_MODEL, path)
+
+
+def plan_infer(config: InferConfig) -> InferPlan:
+    """Resolves the model, its contract and the input as ingest would (files, format, column
+    types, shards).
+
+    Raises:
+        cli.JobError: no model, an output that does not fit the contract, no input file, an
+            unknown format, a CSV without `--id_column`.
     """
     model = resolve_model(config.model_dir, config.model_name)
-    if not config.schema:
-        logging.warning(
-            "infer: no --schema, so column types are inferred from this input alone; pass the "
-            "schema the training data was ingested with so every column is typed as in training"
-        )
+    contract = _read_contract(model)
+    _check_outputs(model, contract)
+    schema = input_schema(config.schema, model)
     input_plan = sources.plan_source(
         sources.SourceConfig(
             input=config.input, input_format=config.input_format, compression=config.compression
         )
     )
-    schema_types = records.column_types_from_schema(config.schema) if config.schema else {}
     if config.id_column and input_plan.input_format == records.CSV:
         first = input_plan.files[0]
         header = records.read_csv_header(first.path, first.compression)
@@ -437,9 +603,10 @@ def plan_infer(config: InferConfig) -> InferPlan:
             )
     return InferPlan(
         model=model,
+        contract=contract,
         files=input_plan.files,
         input_format=input_plan.input_format,
-        schema_types=schema_types,
+        input_schema=schema,
         num_shards=input_plan.num_shards,
         id_column=config.id_column,
         batch_size=config.batch_size,
@@ -478,6 +645,17 @@ def _check_counts(raw: dict[str, int], config: InferConfig) -> dict[str, int]:
     if read == 0:
         raise cli.JobError(f"--input={config.input} holds no rows")
     return counts
+
+
+def _manifest_extra(plan: InferPlan) -> dict[str, Any]:
+    """The manifest's own fields: the model, its task and classes, the schema that typed input."""
+    contract = plan.contract
+    return {
+        "model": dataclasses.asdict(plan.model),
+        "task": contract.task if contract else None,
+        "classes": list(contract.classes) if contract and contract.classes is not None else None,
+        "input_schema": {"source": plan.input_schema.source, "path": plan.input_schema.path},
+    }
 
 
 def run(config: InferConfig, options: PipelineOptions) -> dict[str, Any]:
@@ -523,7 +701,7 @@ def run(config: InferConfig, options: PipelineOptions) -> dict[str, Any]:
                 "num_shards": plan.num_shards,
             },
             counts=counts,
-            extra={"model": dataclasses.asdict(plan.model)},
+            extra=_manifest_extra(plan),
         )
     logging.info("infer: %s -> %s", counts, config.output_dir)
     return manifest
@@ -551,7 +729,7 @@ def run(config: InferConfig, options: PipelineOptions) -> dict[str, Any]:
 @click.option(
     "--schema",
     default=None,
-    help="TFDV schema.pbtxt giving column types, as at ingest: pass the training data's schema.",
+    help="TFDV schema.pbtxt giving column types, as at ingest [default: the model's raw schema].",
 )
 @click.option(
     "--model_name", default=None, help="Model name in predictions [default: the model's folder]."

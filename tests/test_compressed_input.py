@@ -40,6 +40,8 @@ COMPRESSORS: dict[str, tuple[str, Callable[[bytes], bytes]]] = {
 }
 SUFFIXES = sorted(COMPRESSORS)
 SMALL_BLOCK = 4 << 10
+# The fake predictions name no model, so feedback takes the demo's label from flags.
+DEMO_LABEL = {"label_column": "consumer_disputed", "positive_value": "Yes", "negative_value": "No"}
 FUZZ_SEED, FUZZ_CASES, FUZZ_SECONDS = 20240601, 150, 15.0
 
 
@@ -498,6 +500,7 @@ def test_feedback_reads_compressed_jsonl_as_the_plain_file(tmp_path):
             predictions=str(tmp_path / "predictions"),
             feedback=str(path),
             output_dir=str(tmp_path / name),
+            **DEMO_LABEL,
         )
         counts = feedback.run(config, direct_options()).counts
         results[name] = counts, outputs(tmp_path / name, path)
@@ -512,7 +515,11 @@ def test_feedback_compression_flag_and_its_refusal(tmp_path):
     data = b'{"tracking_id": "id-1", "kind": "label", "value": "Yes"}\n'
     path = write(tmp_path / "feedback.jsonl", lzma.compress(data))
     (tmp_path / "in").mkdir()
-    args = [f"--predictions={tmp_path / 'predictions'}", f"--feedback={path}"]
+    args = [
+        f"--predictions={tmp_path / 'predictions'}",
+        f"--feedback={path}",
+        *(f"--{flag}={value}" for flag, value in DEMO_LABEL.items()),
+    ]
     result = CliRunner().invoke(
         feedback.main, [*args, "--compression=lzma", f"--output_dir={tmp_path / 'o'}"]
     )
@@ -527,7 +534,8 @@ def test_feedback_compression_flag_and_its_refusal(tmp_path):
     result = CliRunner().invoke(
         feedback.main,
         [
-            *args[:1],
+            args[0],
+            *args[2:],
             f"--feedback={path.parent / 'in'}",
             "--format=csv",
             f"--output_dir={tmp_path / 'o3'}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import itertools
 import json
 import pathlib
@@ -15,7 +16,7 @@ from click.testing import CliRunner
 from tensorflow_serving.apis import prediction_log_pb2
 
 from beam_jobs import infer
-from beam_jobs.lib import artifacts, cli, example_json, layout, records
+from beam_jobs.lib import artifacts, cli, example_json, layout, model_contract, records
 from tests.conftest import CURATED_SCHEMA, DEMO_TRAIN_STEPS, direct_options
 
 _SERVE_BATCH = 2048
@@ -61,6 +62,32 @@ def test_tracking_id_is_the_id_column_or_a_stable_hash():
     assert len(hashed) == 32 and hashed == infer.tracking_id(example, serialized, None)
     with pytest.raises(ValueError, match="--id_column=state: needs one value, found 0"):
         infer.tracking_id(example, serialized, "state")
+
+
+def test_prediction_fields_follow_the_contract_task():
+    species = model_contract.ModelContract(
+        model_contract.MULTICLASS, "species_xf", "species", ("cat", "dog", "owl")
+    )
+    values = np.array([0.25, 0.5, 0.25], np.float32)
+    assert infer.prediction_fields(values, species) == {
+        "score": 0.5,
+        "scores": [0.25, 0.5, 0.25],
+        "top_class": "dog",
+        "top_class_id": 1,
+    }
+    tie = infer.prediction_fields(np.array([0.4, 0.2, 0.4], np.float32), species)
+    assert (tie["top_class"], tie["top_class_id"]) == ("cat", 0)  # The first of equal maxima.
+    unnamed = dataclasses.replace(species, classes=None)
+    assert infer.prediction_fields(values, unnamed)["top_class"] == "1"
+    with pytest.raises(ValueError, match=r"2 value\(s\) are not one score per class"):
+        infer.prediction_fields(values[:2], species)
+    for task in (model_contract.BINARY, model_contract.REGRESSION):
+        contract = model_contract.ModelContract(task, "y_xf", "y")
+        assert infer.prediction_fields(np.array([0.75], np.float32), contract) == {"score": 0.75}
+        with pytest.raises(ValueError, match=f"a {task} model outputs 1 value, this one 3"):
+            infer.prediction_fields(values, contract)
+    assert infer.prediction_fields(values, None) == {"score": [0.25, 0.5, 0.25]}
+    assert infer.prediction_fields(values[:1], None) == {"score": 0.25}
 
 
 def test_eval_split_scores_equal_serving_default(
@@ -163,31 +190,25 @@ def test_serving_dir_newest_version_hash_ids_and_rejects(
     assert predictions[0]["features"]["zip_code"] == ["76119"]  # text, as the schema says
 
 
-def test_without_schema_a_numeric_zip_code_is_rejected_by_the_model(
+def test_without_schema_zip_codes_are_typed_as_the_model_was_trained(
     tmp_path, trained_2015_steps, cfpb_2015_csv
 ):
     with cfpb_2015_csv.open(encoding="utf-8") as handle:
         head = [next(handle) for _ in range(4)]
-    source = tmp_path / "numeric_zips.csv"
+    source = tmp_path / "numeric_zips.csv"  # Typed by these rows alone, zip_code is INT.
     source.write_text("".join(head), encoding="utf-8")
+    model_dir = trained_2015_steps(DEMO_TRAIN_STEPS)
     result = CliRunner().invoke(
         infer.main,
-        [
-            f"--model_dir={trained_2015_steps(DEMO_TRAIN_STEPS)}",
-            f"--input={source}",
-            f"--output_dir={tmp_path / 'out'}",
-        ],
+        [f"--model_dir={model_dir}", f"--input={source}", f"--output_dir={tmp_path / 'out'}"],
     )
-    assert result.exit_code == cli.EXIT_ERROR
-    assert "3 of 3 rows rejected" in result.output
-    assert not (tmp_path / "out").exists()  # Failed: kept aside for inspection, not published.
-    reasons = {
-        r["reason"] for r in read_jsonl(tmp_path / f"out{artifacts.FAILED_SUFFIX}" / "rejected")
-    }
-    assert reasons == {
-        "inference failed: InvalidArgumentError: Key: zip_code, Index: 0.  Data types don't "
-        "match. Expected type: string, Actual type: int64"
-    }
+    assert result.exit_code == 0, result.output
+    manifest = artifacts.read_manifest(str(tmp_path / "out"))
+    assert manifest.counts == {"rows_read": 3, "rows_predicted": 3, "rows_rejected": 0}
+    assert manifest.extra["input_schema"]["source"] == infer.SCHEMA_FROM_MODEL
+    assert (manifest.extra["task"], manifest.extra["classes"]) == (model_contract.BINARY, None)
+    predictions = read_jsonl(tmp_path / "out" / layout.PREDICTIONS_DIR)
+    assert sorted(p["features"]["zip_code"][0] for p in predictions) == ["2127", "76119", "77479"]
 
 
 def test_cli_flags_and_a_directory_without_a_model(tmp_path):
@@ -202,3 +223,131 @@ def test_cli_flags_and_a_directory_without_a_model(tmp_path):
     assert result.exit_code == cli.EXIT_ERROR
     assert "neither a SavedModel" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def animals_input(
+    animals_csv: pathlib.Path, path: pathlib.Path, rows: int = 40, bad_legs: int | None = 5
+) -> pathlib.Path:
+    """The first `rows` animals with sizes rounded to whole numbers (typed by this input alone,
+    `size` would be INT, which the model refuses), and row `bad_legs`'s legs written as a word."""
+    with animals_csv.open(newline="") as handle:
+        lines = list(itertools.islice(csv.DictReader(handle), rows))
+    for line in lines:
+        line["size"] = str(round(float(line["size"]))) if line["size"] else ""
+    if bad_legs is not None:
+        lines[bad_legs]["legs"] = "four"
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(lines[0]))
+        writer.writeheader()
+        writer.writerows(lines)
+    return path
+
+
+def score_animals(model_dir: pathlib.Path, source: pathlib.Path, output_dir: pathlib.Path):
+    """infer on `source` with no --schema, tracked by animal_id; returns the manifest."""
+    config = infer.InferConfig(
+        model_dir=str(model_dir),
+        input=str(source),
+        output_dir=str(output_dir),
+        id_column="animal_id",
+        batch_size=16,
+        max_rejected_fraction=0.1,
+    )
+    return infer.run(config, direct_options())
+
+
+def test_multiclass_model_types_input_by_its_raw_schema(animals_trained, animals_csv, tmp_path):
+    model_dir = animals_trained("multiclass")
+    source = animals_input(animals_csv, tmp_path / "animals.csv")
+    manifest = score_animals(model_dir, source, tmp_path / "out")
+    assert manifest.counts == {"rows_read": 40, "rows_predicted": 39, "rows_rejected": 1}
+    assert manifest.extra["input_schema"] == {
+        "source": infer.SCHEMA_FROM_MODEL,
+        "path": model_contract.raw_schema_path(str(model_dir)),
+    }
+    assert manifest.extra["task"] == model_contract.MULTICLASS
+    classes = manifest.extra["classes"]
+    assert sorted(classes) == ["cat", "dog", "owl"]
+    (rejected,) = read_jsonl(tmp_path / "out" / "rejected")
+    assert (rejected["line"], rejected["reason"]) == (
+        7,
+        "column 'legs': 'four' is not an integer (INT column)",
+    )
+    predictions = read_jsonl(tmp_path / "out" / layout.PREDICTIONS_DIR)
+    for record in predictions:
+        scores, top = record["scores"], record["top_class_id"]
+        assert len(scores) == 3 and abs(sum(scores) - 1) < 1e-5
+        assert top == int(np.argmax(scores)) and record["score"] == scores[top]
+        assert record["top_class"] == classes[top]
+        assert isinstance(record["features"].get("size", [0.0])[0], float)  # Not INT.
+    truth = {r["animal_id"]: r["species"] for r in csv.DictReader(source.open())}
+    right = sum(record["top_class"] == truth[record["tracking_id"]] for record in predictions)
+    assert right / len(predictions) > 0.8
+
+
+@pytest.mark.parametrize("task", ["binary", "regression"])
+def test_binary_and_regression_predictions_are_one_score(
+    task, animals_trained, animals_csv, tmp_path
+):
+    source = animals_input(animals_csv, tmp_path / "animals.csv")
+    manifest = score_animals(animals_trained(task), source, tmp_path / "out")
+    assert manifest.counts["rows_predicted"] == 39
+    assert (manifest.extra["task"], manifest.extra["classes"]) == (
+        {"binary": model_contract.BINARY, "regression": model_contract.REGRESSION}[task],
+        None,
+    )
+    predictions = read_jsonl(tmp_path / "out" / layout.PREDICTIONS_DIR)
+    assert {key for record in predictions for key in record} == {
+        "tracking_id",
+        "model_name",
+        "model_version",
+        "model_fingerprint",
+        "score",
+        "features",
+    }
+    scores = [record["score"] for record in predictions]
+    if task == "binary":
+        assert all(0.0 <= score <= 1.0 for score in scores)
+    else:  # The weight, about 1.8 x size: kilograms, not a probability.
+        assert max(scores) > 10
+
+
+def test_an_export_without_raw_schema_types_by_the_input_alone(
+    animals_trained, animals_csv, tmp_path
+):
+    model_dir = tmp_path / "old_export"
+    shutil.copytree(animals_trained("multiclass"), model_dir)
+    for name in (model_contract.CONTRACT_FILE, model_contract.RAW_SCHEMA_FILE):
+        (model_dir / model_contract.ASSETS_DIR / name).unlink()
+    source = animals_input(animals_csv, tmp_path / "animals.csv", rows=4, bad_legs=None)
+    result = CliRunner().invoke(
+        infer.main,
+        [f"--model_dir={model_dir}", f"--input={source}", f"--output_dir={tmp_path / 'out'}"],
+    )
+    assert result.exit_code == cli.EXIT_ERROR
+    assert "4 of 4 rows rejected" in result.output
+    reasons = {
+        r["reason"] for r in read_jsonl(tmp_path / f"out{artifacts.FAILED_SUFFIX}" / "rejected")
+    }
+    assert reasons == {
+        "inference failed: InvalidArgumentError: Key: size, Index: 0.  Data types don't match. "
+        "Expected type: float, Actual type: int64"
+    }
+
+
+def test_a_contract_that_does_not_fit_the_outputs_is_one_error(animals_trained, tmp_path):
+    model_dir = tmp_path / "mislabelled"
+    shutil.copytree(animals_trained("binary"), model_dir)
+    contract = model_contract.ModelContract(
+        model_contract.MULTICLASS, "heavy_xf", "heavy", ("light", "heavy", "huge")
+    )
+    model_contract.write_contract(str(model_dir), contract, None)
+    result = CliRunner().invoke(
+        infer.main,
+        [f"--model_dir={model_dir}", "--input=x.csv", f"--output_dir={tmp_path / 'out'}"],
+    )
+    assert result.exit_code == cli.EXIT_ERROR
+    assert result.output == (
+        f"error: --model_dir: {model_dir} outputs 1 value(s) per record, but its contract says "
+        "multiclass_classification (outputs wanted: 3); re-export the model\n"
+    )

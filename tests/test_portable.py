@@ -397,7 +397,11 @@ def test_feedback_outputs_are_byte_identical(prism, predictions_2015, tmp_path):
     for runner in ("DirectRunner", "Prism EXTERNAL"):
         outputs[runner] = tmp_path / runner.split()[0]
         config = feedback.FeedbackConfig(
-            predictions=str(predictions_2015), feedback=str(source), output_dir=str(outputs[runner])
+            predictions=str(predictions_2015),
+            feedback=str(source),
+            output_dir=str(outputs[runner]),
+            positive_value="Yes",
+            negative_value="No",
         )
         options = (
             direct_options() if runner == "DirectRunner" else portable_options(prism, "EXTERNAL")

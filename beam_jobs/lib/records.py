@@ -60,6 +60,7 @@ __all__ = [
     "read_csv_batches",
     "read_csv_header",
     "read_rows",
+    "schema_column_types",
     "text_column_type",
     "value_type",
 ]
@@ -245,6 +246,11 @@ def column_types_from_schema(schema_path: str) -> dict[str, ColumnType]:
         raise JobError(f"--schema={schema_path} does not exist") from None
     except text_format.ParseError as error:
         raise JobError(f"--schema={schema_path} is not a TFDV schema: {error}") from None
+    return schema_column_types(schema)
+
+
+def schema_column_types(schema: schema_pb2.Schema) -> dict[str, ColumnType]:
+    """Column types declared by a parsed TFDV schema (features of other types are left out)."""
     return {
         feature.name: _SCHEMA_TYPES[feature.type]
         for feature in schema.feature
