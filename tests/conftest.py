@@ -134,6 +134,7 @@ def evaluated_2015(ingested_2015_curated, trained_2015_steps, tmp_path_factory) 
         model_dir=str(trained_2015_steps(DEMO_TRAIN_STEPS)),
         examples_dir=str(ingested_2015_curated),
         output_dir=str(output_dir),
+        eval_config=str(DEMO_EVAL_CONFIG),
     )
     evaluate.run(config, direct_options())
     return output_dir

@@ -41,6 +41,7 @@ from beam_jobs.lib import layout
 from model import features
 from tests.conftest import (
     CURATED_SCHEMA,
+    DEMO_EVAL_CONFIG,
     DEMO_PREPROCESSING_FN,
     DEMO_TRAIN_STEPS,
     REPO_ROOT,
@@ -296,6 +297,7 @@ def test_evaluate_metrics_equal(
         model_dir=str(trained_2015_steps(DEMO_TRAIN_STEPS)),
         examples_dir=str(ingested_2015_curated),
         output_dir=str(output_dir),
+        eval_config=str(DEMO_EVAL_CONFIG),
     )
     _timed("evaluate", "Prism EXTERNAL", evaluate.run, config, portable_options(prism, "EXTERNAL"))
     portable, direct = _slice_metrics(output_dir), _slice_metrics(evaluated_2015)
