@@ -166,3 +166,55 @@ def test_every_stage_takes_the_user_model_with_no_demo_flags(
     )
     page = card.read_text()
     assert all(name in page for name in CLASSES)
+
+
+BINARY_EVAL_CONFIG = """
+metrics_specs {
+  metrics { class_name: "ExampleCount" }
+  metrics {
+    class_name: "AUC"
+    threshold { value_threshold { lower_bound { value: 0.8 } } }
+  }
+}
+slicing_specs {}
+"""
+
+
+def test_a_binary_user_model_goes_from_evaluate_to_push_and_infer(
+    animals_trained, animals_ingested, tmp_path
+):
+    """tests/user_module.py's binary model (a 0/1 label, no vocabulary) with the metrics.threshold
+    form of an EvalConfig, pushed and scored: one probability per record."""
+    export = animals_trained("binary")
+    config = tmp_path / "eval_config.pbtxt"
+    config.write_text(BINARY_EVAL_CONFIG)
+    output = ok(
+        evaluate.main,
+        f"--model_dir={export}",
+        f"--examples_dir={animals_ingested}",
+        f"--eval_config={config}",
+        f"--output_dir={tmp_path / 'evaluate'}",
+    )
+    assert "passed: auc >= 0.8 (overall)" in output.lower()
+    serving = tmp_path / "serving" / "heavy"
+    ok(
+        push.main,
+        f"--model_dir={export}",
+        f"--evaluation_dir={tmp_path / 'evaluate'}",
+        f"--serving_dir={serving}",
+    )
+    new_animals = write_animals_csv(tmp_path / "new_animals.csv", rows=80, seed=5)
+    ok(
+        infer.main,
+        f"--model_dir={serving}",
+        f"--input={new_animals}",
+        f"--output_dir={tmp_path / 'infer'}",
+    )
+    predictions = _predictions(tmp_path / "infer")
+    assert len(predictions) == 80
+    assert all(isinstance(p["score"], float) and 0 <= p["score"] <= 1 for p in predictions)
+    assert "top_class" not in predictions[0]
+    heavy = [p["score"] for p in predictions if p["features"]["heavy"] == [1]]
+    light = [p["score"] for p in predictions if p["features"]["heavy"] == [0]]
+    assert heavy and light
+    assert sum(heavy) / len(heavy) > sum(light) / len(light) + 0.3
