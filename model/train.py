@@ -79,6 +79,8 @@ _REGRESSION_LOSSES = (
 )
 TRAIN_SPLIT, EVAL_SPLIT = "train", "eval"
 CHECKPOINTS_DIR = "checkpoints"
+# What the checkpoints were trained for: a rerun restores them only for the same training.
+CHECKPOINT_KEY_FILE = "training_key.json"
 LOGS_DIR = "logs"
 DEFAULT_TRAIN_STEPS = 1000
 DEFAULT_BATCH_SIZE = 64
@@ -638,6 +640,40 @@ def _privacy(dp_options: dp.DPOptions | None, config: TrainConfig, counts: dict[
     return record
 
 
+def _training_key(config: TrainConfig, hparams: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint's weights depend on; the step count and evaluation do not count, so a
+    rerun with more `--train_steps` continues where the last one stopped."""
+    return {
+        "transform": artifacts.input_fingerprint(config.transform_dir),
+        "model_fn": config.model_fn,
+        "label_key": config.label_key,
+        "hparams": hparams,
+        "batch_size": config.batch_size,
+        "base_model": config.base_model,
+        "dp": [config.dp_noise_multiplier, config.dp_l2_norm_clip, config.dp_microbatches],
+    }
+
+
+def _claim_checkpoints(config: TrainConfig, hparams: dict[str, Any]) -> None:
+    """Keeps `checkpoints/` only if they were written for this training, else removes them (they
+    are this stage's own), and records the key the next run compares with.
+
+    A killed run resumes from its checkpoints; a rerun with other hyper-parameters, data or model
+    starts afresh instead of restoring weights of another training at its final step.
+    """
+    checkpoints = FileSystems.join(config.output_dir, CHECKPOINTS_DIR)
+    key_path = FileSystems.join(checkpoints, CHECKPOINT_KEY_FILE)
+    key = json.loads(json.dumps(_training_key(config, hparams), sort_keys=True, default=str))
+    if FileSystems.exists(checkpoints):
+        recorded = artifacts.read_json(key_path) if FileSystems.exists(key_path) else None
+        if recorded == key:
+            return
+        logging.info("train: %s holds another training's checkpoints: starting afresh", checkpoints)
+        FileSystems.delete([checkpoints])
+    FileSystems.mkdirs(checkpoints)
+    artifacts.write_json(key_path, key)
+
+
 def run(config: TrainConfig) -> artifacts.Manifest:
     """Trains, exports and writes the manifest (last).
 
@@ -664,6 +700,7 @@ def run(config: TrainConfig) -> artifacts.Manifest:
     manifest_path = FileSystems.join(config.output_dir, artifacts.MANIFEST_FILE)
     tf_transform_output, transform_manifest = _load_transform(config)
     hparams = _hparams(config)
+    _claim_checkpoints(config, hparams)
     strategy, replicas = _strategy(config)
     if dp_options is not None:
         dp.check_replicas(dp_options, replicas)

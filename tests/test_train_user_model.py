@@ -167,3 +167,27 @@ def test_user_module_imports_nothing_of_the_project():
     }
     imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert not {name.split(".")[0] for name in imported if name} & {"model", "beam_jobs", "tests"}
+
+
+def test_a_rerun_resumes_only_the_same_training(animals_transformed, tmp_path):
+    """Checkpoints of another training (other hparams) are not restored; the same training with
+    more steps continues from where the last run stopped."""
+
+    def run(steps: int, units: int) -> dict:
+        config = train.TrainConfig(
+            transform_dir=str(animals_transformed("multiclass")),
+            output_dir=str(tmp_path / "train"),
+            model_fn=f"{USER_MODULE}:build_model",
+            label_key="species_xf",
+            train_steps=steps,
+            batch_size=16,
+            checkpoint_steps=5,
+            hparams=json.dumps({"hidden_units": units}),
+        )
+        return train.run(config).counts
+
+    assert run(10, 5)["initial_step"] == 0
+    counts = run(10, 7)  # Other hparams: the 10 steps of the 5-unit model are not restored.
+    assert counts["initial_step"] == 0 and counts["steps"] == 10
+    counts = run(15, 7)  # The same training, further.
+    assert counts["initial_step"] == 10 and counts["steps"] == 15
