@@ -286,28 +286,25 @@ def _is_current(manifest: Mapping[str, Any] | None, status: Mapping[str, Any]) -
 def _recorded_row(
     name: str, stage: str, root: str, status: Mapping[str, Any], manifest: dict[str, Any] | None
 ) -> StageRow:
-    """A stage the run script recorded: its status, and its output's facts where they are its."""
+    """A stage the run script recorded: its status, and what its output says if it is this
+    run's (or, skipped, the earlier run's it kept); a failed stage's leftovers are not shown."""
     state = str(status.get("status", RUNNING))
     code = status.get("exit_code")
-    stage_dir = _join(root, name)
-    if state == SKIPPED and manifest:
-        facts = ["up to date: skipped by --resume, output of an earlier run"]
-        facts += _stage_facts(stage, stage_dir, manifest)
-        times = (manifest.get("started_at", ""), manifest.get("finished_at", ""))
-    elif state in (SKIPPED, RAN) or _is_current(manifest, status):
-        facts = _stage_facts(stage, stage_dir, manifest)
-        times = (
-            (manifest or status).get("started_at", ""),
-            str((manifest or status).get("finished_at") or ""),
-        )
-    else:
-        facts = []
-        times = (status.get("started_at", ""), str(status.get("finished_at") or ""))
+    own = manifest if state in (RAN, SKIPPED) or _is_current(manifest, status) else None
+    source = own or status
+    facts = _stage_facts(stage, _join(root, name), own)
+    if state == SKIPPED:
+        facts.insert(0, "up to date: skipped by --resume, output of an earlier run")
     if state == FAILED:
         facts += _failure_reason(root, name, status)
-    links = _stage_links(stage, name, root, manifest) if facts or state != FAILED else []
     return StageRow(
-        name, state, code if isinstance(code, int) else None, *times, tuple(facts), tuple(links)
+        name,
+        state,
+        exit_code=code if isinstance(code, int) else None,
+        started_at=str(source.get("started_at") or ""),
+        finished_at=str(source.get("finished_at") or ""),
+        facts=tuple(facts),
+        links=tuple(_stage_links(stage, name, root, own)) if own else (),
     )
 
 

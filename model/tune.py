@@ -125,6 +125,8 @@ def _check_entry(name: str, entry: Any) -> None:
             bad = "a range's min and max must be numbers"
         elif entry.get("sampling", "linear") not in _SAMPLINGS:
             bad = f"sampling must be one of {list(_SAMPLINGS)}"
+    elif not isinstance(entry, list) and not _is_scalar(entry):
+        bad = f"a fixed value is a number, string or boolean; write [{json.dumps(entry)}] for it"
     if bad:
         raise click.BadParameter(f"hparam {name!r}: {bad}", param_hint="--search_space")
 

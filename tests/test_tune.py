@@ -132,6 +132,7 @@ def test_json_search_space_entries():
         "m:f",
     )
     assert space(hp) == {"units": [64, 16], "rate": 1, "k": "x"}
+    assert tune.load_search_space('{"encoder": [null]}', "m:f")(hp) == {"encoder": None}
     assert tune.load_search_space(None, train.DEFAULT_MODEL_FN) is tune.demo_search_space
 
 
@@ -153,6 +154,7 @@ def _error_line(result) -> str:
         (["--model_fn=tests/user_module.py:build_model"], "needs --search_space"),
         (["--search_space={nope"], "not valid JSON"),
         (['--search_space={"units": {"min": 1}}'], "a range needs min and max"),
+        (['--search_space={"encoder": null}'], "write [null] for it"),
         (["--objective=val_loss:up"], "optionally with :min or :max"),
     ],
 )
