@@ -119,17 +119,22 @@ if [ -z "$input" ]; then
   [ -f "$input" ] || python scripts/generate_demo_data.py --output="$input"
 fi
 
-# run_stage <name> <stage dir> <command...>: skips it under --resume when it is up to date, else
-# runs it; on failure names the stage and exits with its exit code. Records its status either way.
+# run_stage <name> <stage dir> <command...>: skips it under --resume when it is up to date (unless
+# called as force=1 run_stage ...), else runs it; on failure names the stage and exits with its exit
+# code. Records its status either way; stage_ran says whether it ran.
+stage_ran=0
 run_stage() {
   local stage=$1 stage_dir=$2 started
   shift 2
   started=$(now)
-  if [ "$resume" = 1 ] && python -m beam_jobs.resume check "$stage_dir" -- "$@"; then
+  stage_ran=0
+  if [ "$resume" = 1 ] && [ "${force:-0}" = 0 ] &&
+    python -m beam_jobs.resume check "$stage_dir" -- "$@"; then
     echo "==> $stage: up to date, skipped" >&2
     stage_status "$stage" skipped null "$started" "$(now)" "$@"
     return
   fi
+  stage_ran=1
   echo "==> $stage" >&2
   current_stage=$stage current_started=$started current_command=("$@")
   stage_status "$stage" running null "$started" null "$@"
@@ -159,13 +164,16 @@ run_stage transform "$root/transform" \
   --preprocessing_fn=model.preprocessing:preprocessing_fn --output_dir="$root/transform" \
   "${beam_options[@]}"
 train_options=()
+retrain=0
 if [ "$tune" = 1 ]; then
   run_stage tune "$root/tune" \
     python -m model.tune --transform_dir="$root/transform" --output_dir="$root/tune" \
     "${tune_options[@]}"
   train_options=("--hparams=@$root/tune/best_hparams.json")
+  # Train's run key sees the file's name, not its content: a search that ran again retrains.
+  retrain=$stage_ran
 fi
-run_stage train "$root/train" \
+force=$retrain run_stage train "$root/train" \
   python -m model.train --transform_dir="$root/transform" --output_dir="$root/train" \
   "${train_options[@]}"
 model_dir="$root/train/serving_model/$(ls "$root/train/serving_model" | sort -n | tail -n 1)"
