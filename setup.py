@@ -12,10 +12,15 @@ REQUIRED_PACKAGES = [
     "dp-accounting==0.4.4",
     # FairnessIndicators metric for TFMA 0.47 lives in this package (see README).
     "fairness-indicators==0.47.0",
+    # Hyper-parameter search (model.tune). 1.3.5 is the last release on tf.keras, which is tf-keras
+    # here; 1.4 imports Keras 3 (`import keras`) and refuses tf-keras models.
+    "keras-tuner==1.3.5",
     # Report plots (calibration, ROC, PR) drawn as pictures, readable without Jupyter.
     "matplotlib>=3.8,<3.10",
     "numpy>=1.22,<2",
     "pyarrow==10.0.1",
+    # Keras Tuner's BayesianOptimization needs scikit-learn (its Gaussian process); seen working.
+    "scikit-learn==1.7.2",
     # tensorflow-hub 0.16 imports pkg_resources, which setuptools 81 and later no longer ship.
     "setuptools<81",
     "tensorflow==2.16.2",

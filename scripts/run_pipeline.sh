@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs the pipeline's stages in order, each a standalone program, every artifact under one root:
-# ingest -> statistics -> validate -> transform -> train -> evaluate -> push.
+# ingest -> statistics -> validate -> transform [-> tune] -> train -> evaluate -> push.
 #
 #   scripts/run_pipeline.sh [--input=<pattern>] [--pipeline_root=<dir>] [--serving_dir=<dir>]
 #                           [--runner=DirectRunner|portable|<Beam runner>] [--resume]
+#                           [--tune] [--tune_options="<model.tune flags>"]
 #                           [-- <Beam options for every Beam job>]
 #
 # With no --input it generates the demo's consumer-complaint data first. Stops at the first failing
@@ -11,7 +12,10 @@
 # --resume skips a stage that already ran on the same inputs, flags and code (content fingerprints)
 # and whose output is still there as it left it (a deleted serving dir is pushed again).
 # --runner=portable runs every Beam job on Prism (scripts/prism.sh): the one already started, or one
-# started here and stopped at the end.
+# started here and stopped at the end. --tune searches the model's hyper-parameters (model.tune,
+# with --tune_options such as "--max_trials=4 --train_steps=300", which imply --tune) and trains
+# with the best. Every stage's status goes to <pipeline_root>/run_status/, and the run page,
+# <pipeline_root>/index.html, is written at the end, also when a stage fails.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -20,6 +24,8 @@ pipeline_root="$repo/pipeline_root"
 serving_dir=""
 runner="DirectRunner"
 resume=0
+tune=0
+tune_options=()
 beam_options=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -28,8 +34,10 @@ while [ $# -gt 0 ]; do
     --serving_dir=*) serving_dir="${1#*=}" ;;
     --runner=*) runner="${1#*=}" ;;
     --resume) resume=1 ;;
+    --tune) tune=1 ;;
+    --tune_options=*) tune=1; read -r -a tune_options <<<"${1#*=}" ;;
     --) shift; beam_options=("$@"); break ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run_pipeline.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -40,10 +48,63 @@ source "$repo/scripts/ensure_venv.sh"
 ensure_venv
 cd "$repo"
 
+# The run's record for the run page: run_status/run.json, and <stage>.json per stage reached. Each
+# file is written beside its place and renamed over it, so a reader never sees half of one.
+status_dir="$pipeline_root/run_status"
+now() { date -u +%Y-%m-%dT%H:%M:%S+00:00; }
+json_string() {
+  local text=${1//\\/\\\\}
+  text=${text//\"/\\\"}
+  text=${text//$'\t'/\\t}
+  text=${text//$'\n'/\\n}
+  printf '"%s"' "$text"
+}
+write_status() { # write_status <file name> <JSON object>
+  local temporary="$status_dir/.$1.tmp-$$"
+  printf '%s\n' "$2" >"$temporary"
+  mv -f "$temporary" "$status_dir/$1"
+}
+# stage_status <stage> <status> <exit code|null> <started at> <finished at|null> <command...>
+stage_status() {
+  local stage=$1 status=$2 code=$3 started=$4 finished=$5 command="" argument
+  shift 5
+  for argument in "$@"; do command+="${command:+, }$(json_string "$argument")"; done
+  [ "$finished" = null ] || finished=$(json_string "$finished")
+  write_status "$stage.json" "{\"stage\": $(json_string "$stage"), \"status\": \"$status\", \
+\"exit_code\": $code, \"started_at\": \"$started\", \"finished_at\": $finished, \
+\"command\": [$command]}"
+}
+mkdir -p "$status_dir"
+rm -f "$status_dir"/*.json # A new run: stages it does not reach show as not run.
+run_started=$(now)
+run_status() { # run_status <exit code|null> <finished at|null>
+  local finished=$2
+  [ "$finished" = null ] || finished=$(json_string "$finished")
+  write_status run.json "{\"started_at\": \"$run_started\", \"finished_at\": $finished, \
+\"exit_code\": $1, \"serving_dir\": $(json_string "$serving_dir")}"
+}
+run_status null null
+
+prism_started=0
+current_stage=""
+# On any exit: the stage interrupted (if one was), the run's end, the run page; then Prism stops.
+on_exit() {
+  local code=$?
+  if [ -n "$current_stage" ]; then
+    stage_status "$current_stage" failed "$code" "$current_started" "$(now)" "${current_command[@]}"
+  fi
+  run_status "$code" "$(now)"
+  python -m beam_jobs.run_page --pipeline_root="$pipeline_root" --serving_dir="$serving_dir" \
+    >&2 || echo "run_pipeline.sh: the run page could not be written" >&2
+  if [ "$prism_started" = 1 ]; then "$repo/scripts/prism.sh" stop; fi
+  exit "$code"
+}
+trap on_exit EXIT
+
 if [ "$runner" = portable ]; then
   if ! portable_options=$("$repo/scripts/prism.sh" options 2>/dev/null); then
     "$repo/scripts/prism.sh" start
-    trap '"$repo/scripts/prism.sh" stop' EXIT
+    prism_started=1
     portable_options=$("$repo/scripts/prism.sh" options)
   fi
   read -r -a runner_options <<<"$portable_options"
@@ -58,22 +119,33 @@ if [ -z "$input" ]; then
   [ -f "$input" ] || python scripts/generate_demo_data.py --output="$input"
 fi
 
-# run_stage <name> <stage dir> <command...>: skips it under --resume when it is up to date, else
-# runs it; on failure names the stage and exits with its exit code.
+# run_stage <name> <stage dir> <command...>: skips it under --resume when it is up to date (unless
+# called as force=1 run_stage ...), else runs it; on failure names the stage and exits with its exit
+# code. Records its status either way; stage_ran says whether it ran.
+stage_ran=0
 run_stage() {
-  local stage=$1 stage_dir=$2
+  local stage=$1 stage_dir=$2 started
   shift 2
-  if [ "$resume" = 1 ] && python -m beam_jobs.resume check "$stage_dir" -- "$@"; then
+  started=$(now)
+  stage_ran=0
+  if [ "$resume" = 1 ] && [ "${force:-0}" = 0 ] &&
+    python -m beam_jobs.resume check "$stage_dir" -- "$@"; then
     echo "==> $stage: up to date, skipped" >&2
+    stage_status "$stage" skipped null "$started" "$(now)" "$@"
     return
   fi
+  stage_ran=1
   echo "==> $stage" >&2
+  current_stage=$stage current_started=$started current_command=("$@")
+  stage_status "$stage" running null "$started" null "$@"
   local status=0
   "$@" || status=$?
   if [ "$status" -ne 0 ]; then
     echo "pipeline stopped at $stage (exit $status): see the message above" >&2
-    exit "$status"
+    exit "$status" # on_exit records the failure.
   fi
+  current_stage=""
+  stage_status "$stage" ran 0 "$started" "$(now)" "$@"
   python -m beam_jobs.resume record "$stage_dir" -- "$@"
 }
 
@@ -91,8 +163,19 @@ run_stage transform "$root/transform" \
   python -m beam_jobs.transform --examples_dir="$root/ingest" --schema="$schema" \
   --preprocessing_fn=model.preprocessing:preprocessing_fn --output_dir="$root/transform" \
   "${beam_options[@]}"
-run_stage train "$root/train" \
-  python -m model.train --transform_dir="$root/transform" --output_dir="$root/train"
+train_options=()
+retrain=0
+if [ "$tune" = 1 ]; then
+  run_stage tune "$root/tune" \
+    python -m model.tune --transform_dir="$root/transform" --output_dir="$root/tune" \
+    "${tune_options[@]}"
+  train_options=("--hparams=@$root/tune/best_hparams.json")
+  # Train's run key sees the file's name, not its content: a search that ran again retrains.
+  retrain=$stage_ran
+fi
+force=$retrain run_stage train "$root/train" \
+  python -m model.train --transform_dir="$root/transform" --output_dir="$root/train" \
+  "${train_options[@]}"
 model_dir="$root/train/serving_model/$(ls "$root/train/serving_model" | sort -n | tail -n 1)"
 run_stage evaluate "$root/evaluate" \
   python -m beam_jobs.evaluate --model_dir="$model_dir" --examples_dir="$root/ingest" \
@@ -102,13 +185,16 @@ run_stage push "$root/push" \
   python -m beam_jobs.push --model_dir="$model_dir" --evaluation_dir="$root/evaluate" \
   --serving_dir="$serving_dir"
 
+tuned=""
+[ "$tune" = 0 ] || tuned=$'\n'"  best hparams        $root/tune/best_hparams.json"
 cat >&2 <<SUMMARY
 pipeline finished; artifacts:
   ingested examples   $root/ingest
   statistics          $root/statistics/<split>/stats.html
   validation report   $root/validate
-  transform           $root/transform
+  transform           $root/transform${tuned}
   trained model       $model_dir
   evaluation report   $root/evaluate/report.html
   serving models      $serving_dir (newest version: $(ls "$serving_dir" | grep -E '^[0-9]+$' | sort -n | tail -n 1))
+  run page            $root/index.html
 SUMMARY

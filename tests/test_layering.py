@@ -51,6 +51,7 @@ def test_the_jobs_are_the_top_level_modules_with_a_main():
         "model_card",
         "push",
         "resume",
+        "run_page",
         "statistics",
         "transform",
         "validate",
