@@ -276,3 +276,20 @@ def test_flags_of_other_formats_are_refused(photos, tmp_path, flag, message):
     )
     assert result.exit_code == cli.EXIT_ERROR
     assert message in result.output
+
+
+def test_partition_on_the_bytes_keeps_copies_of_a_picture_in_one_split(tmp_path):
+    root = tmp_path / "photos"
+    for index in range(8):
+        picture = png(3, 3, 3, seed=index)
+        write(root / "cat" / f"{index}.png", picture)
+        write(root / "dog" / f"copy{index}.png", picture)
+    run_ingest(str(root), tmp_path / "out", partition_feature="image_raw")
+    split_of = {}
+    for split in ("train", "eval"):
+        for example in read_examples(tmp_path / "out" / split):
+            picture = example.features.feature["image_raw"].bytes_list.value[0]
+            split_of.setdefault(picture, set()).add(split)
+    assert len(split_of) == 8
+    assert all(len(splits) == 1 for splits in split_of.values())
+    assert {split for splits in split_of.values() for split in splits} == {"train", "eval"}
