@@ -87,7 +87,9 @@ def _no_images_error(pattern: str, folder: str, is_pattern: bool) -> cli.JobErro
     return cli.JobError(f"--input={pattern}: its class sub-folders hold no files")
 
 
-def _list_images(pattern: str, split: str | None, start: int) -> tuple[list[Any], int]:
+def _list_images(
+    pattern: str, split: str | None, start: int
+) -> tuple[list[sources.InputFile], int]:
     """The `InputFile`s of one folder or pattern, by path, and their total size in bytes."""
     base, glob = _base_and_glob(pattern)
     is_pattern = bool(_GLOB_CHARACTERS.search(pattern))
