@@ -1,13 +1,16 @@
-"""Ingest: raw files (CSV, JSON lines, Parquet, Avro, TFRecord) to split, GZIP'd `tf.Example`s.
+"""Ingest: raw files (CSV, JSON lines, Parquet, Avro, TFRecord, images) to split `tf.Example`s.
 
     python -m beam_jobs.ingest --input=data/complaints.csv --output_dir=out/ingest \
         [--splits=train:2,eval:1] [--partition_feature=col] [--schema=schema.pbtxt]
+    python -m beam_jobs.ingest --format=images --input=photos/ --output_dir=out/ingest
 
 Column types are inferred over the whole input (as TFX's CsvExampleGen does) unless `--schema`
 declares them: one pass over the files infers the types, a second converts the rows, so memory does
 not grow with the input. Splits are buckets of a fingerprint of the serialized example (or of the
 partition feature), so every runner makes the same split. Rows that cannot be parsed or typed go to
-`rejected/` with file, line and reason; rows read = rows written + rows rejected, always.
+`rejected/` with file, line and reason; rows read = rows written + rows rejected, always. Images
+(`--format=images`, a folder of class sub-folders) are one example per file (`lib/images.py`),
+split, sharded and counted the same way.
 """
 
 import dataclasses
@@ -21,7 +24,17 @@ import tensorflow as tf
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_jobs.lib import artifacts, cli, feature_types, layout, privacy, records, shards, sources
+from beam_jobs.lib import (
+    artifacts,
+    cli,
+    feature_types,
+    images,
+    layout,
+    privacy,
+    records,
+    shards,
+    sources,
+)
 from beam_jobs.lib.records import ColumnType
 from beam_jobs.lib.splits import (
     DEFAULT_SPLITS,
@@ -97,19 +110,23 @@ def plan_ingest(config: IngestConfig) -> IngestPlan:
         cli.JobError: no input file, an unknown format, mismatched headers, a bad schema.
         click.BadParameter: malformed `--splits`.
     """
-    source = sources.plan_source(
-        sources.SourceConfig(
-            input=config.input,
-            input_format=config.input_format,
-            compression=config.compression,
-            span=config.span,
-            version=config.version,
-            num_shards=config.num_shards,
-            partition_feature=config.partition_feature,
-            drop_columns=config.drop_columns,
-            scrub=config.scrub,
-        )
+    source_config = sources.SourceConfig(
+        input=config.input,
+        input_format=config.input_format,
+        compression=config.compression,
+        span=config.span,
+        version=config.version,
+        num_shards=config.num_shards,
+        partition_feature=config.partition_feature,
+        drop_columns=config.drop_columns,
+        scrub=config.scrub,
     )
+    if config.input_format == images.IMAGES:
+        if config.schema:
+            raise cli.JobError("--schema does not apply to --format=images: its features are fixed")
+        source = images.plan_images(source_config)
+    else:
+        source = sources.plan_source(source_config)
     if source.split_names and (config.splits or config.partition_feature):
         raise click.UsageError("--splits and --partition_feature do not apply to pre-split --input")
     splits = (
@@ -160,9 +177,14 @@ class _AssignShard(beam.DoFn):
 
 def build_pipeline(pipeline: beam.Pipeline, plan: IngestPlan, staging_dir: str) -> None:
     """Adds the ingest graph to `pipeline`: examples, rejects and counts under `staging_dir`."""
-    converted = pipeline | "ReadExamples" >> sources.RawRowsToExamples(
-        plan.files, plan.input_format, plan.schema_types, stage=STAGE, policy=plan.policy
+    reader = (
+        images.ImagesToExamples(plan.files, stage=STAGE, policy=plan.policy)
+        if plan.input_format == images.IMAGES
+        else sources.RawRowsToExamples(
+            plan.files, plan.input_format, plan.schema_types, stage=STAGE, policy=plan.policy
+        )
     )
+    converted = pipeline | "ReadExamples" >> reader
     keyed_examples = converted.examples | "AssignShards" >> beam.ParDo(_AssignShard(plan))
     num_shards = plan.num_shards
     written = keyed_examples | "WriteExamples" >> shards.WriteSortedShards(
@@ -296,12 +318,13 @@ def run(config: IngestConfig, options: PipelineOptions) -> dict[str, Any]:
     "input_pattern",
     required=True,
     help="File pattern, or train=<pattern>,eval=<pattern> for data already split. "
-    "{SPAN} and {VERSION} in a pattern select the newest span and version.",
+    "{SPAN} and {VERSION} in a pattern select the newest span and version. "
+    "With --format=images: a folder of class sub-folders, or a pattern of image files.",
 )
 @click.option(
     "--output_dir", required=True, help="Directory to write splits, rejected/ and manifest.json."
 )
-@sources.input_format_option()
+@sources.input_format_option(formats=(*records.FORMATS, images.IMAGES))
 @sources.compression_option
 @click.option(
     "--splits",

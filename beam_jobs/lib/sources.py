@@ -40,6 +40,7 @@ __all__ = [
     "publish_if_too_many_rejected",
     "refuse_directory",
     "rejected_line",
+    "shards_for_bytes",
 ]
 
 SCRUBBED_PREFIX = "scrubbed_"
@@ -51,12 +52,14 @@ _ROWS_PER_BATCH = 1024
 @dataclasses.dataclass(frozen=True)
 class InputFile:
     """One input file; `split` is set when the input came already split. `compression` is one of
-    `records.COMPRESSIONS` (`auto`: by the file extension)."""
+    `records.COMPRESSIONS` (`auto`: by the file extension). `name` is the file's path below the
+    input folder, for formats that record it (images)."""
 
     index: int
     path: str
     split: str | None = None
     compression: str = records.AUTO
+    name: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,11 +178,15 @@ def _check_csv_headers(
         )
 
 
-def _auto_shards(paths: list[str]) -> int:
-    total_bytes = sum(
-        metadata.size_in_bytes for path in paths for metadata in artifacts.list_files(path)
-    )
+def shards_for_bytes(total_bytes: int) -> int:
+    """The default number of shards per split: one per 256 MB of input, at least one."""
     return max(1, -(-total_bytes // _SHARD_INPUT_BYTES))
+
+
+def _auto_shards(paths: list[str]) -> int:
+    return shards_for_bytes(
+        sum(metadata.size_in_bytes for path in paths for metadata in artifacts.list_files(path))
+    )
 
 
 def _resolve_files(
@@ -535,12 +542,14 @@ def publish_if_too_many_rejected(
     )
 
 
-def input_format_option(what: str = "Input") -> Callable[[Callable[..., Any]], Any]:
-    """`--format`, for the jobs that read raw records as ingest does."""
+def input_format_option(
+    what: str = "Input", formats: tuple[str, ...] = records.FORMATS
+) -> Callable[[Callable[..., Any]], Any]:
+    """`--format`, for the jobs that read raw records as ingest does (`formats`: the choices)."""
     return click.option(
         "--format",
         "input_format",
-        type=click.Choice(records.FORMATS),
+        type=click.Choice(formats),
         default=None,
         help=f"{what} format [default: from the file extension].",
     )
