@@ -1,13 +1,13 @@
-"""Apache Airflow DAG: the pipeline's stages, one BashOperator each, running run_pipeline.sh's commands.
+"""Apache Airflow DAG: one BashOperator per pipeline stage, running run_pipeline.sh's commands.
 
     ingest -> statistics -> validate -> transform -> train -> evaluate -> push
 
 Put this file (a symlink keeps the repository default right) in Airflow's dags folder and trigger
 it with the run's params, for example
 
-    airflow dags trigger beam_ml_pipeline -c '{"pipeline_root": "/data/root", "input": "/data/*.csv"}'
+    airflow dags trigger beam_ml_pipeline --conf '{"pipeline_root": "/runs/1", "input": "/in.csv"}'
 
-Every stage writes `<pipeline_root>/<stage>/` as `scripts/run_pipeline.sh` does, with the same flags,
+Every stage writes `<pipeline_root>/<stage>/` as `scripts/run_pipeline.sh` does, with its flags,
 the same schema and the same Beam options for every Beam job; evaluate and push take the newest
 model under `<pipeline_root>/train/serving_model/` at run time. A failing stage fails its task with
 the stage's exit code (3: validation anomalies, 4: model not blessed), there are no retries, and the
@@ -21,6 +21,7 @@ the standard library only. The stages run in the project's environment, the `pyt
 from __future__ import annotations
 
 import datetime
+import itertools
 import pathlib
 import shlex
 
@@ -53,7 +54,7 @@ python() { {{ params.python | sh }} "$@"; }
 run_stage() {
   local stage=$1 stage_dir=$2
   shift 2
-  if {{ 'true' if params.resume else 'false' }} && python -m beam_jobs.resume check "$stage_dir" -- "$@"; then
+  if {{ params.resume | lower }} && python -m beam_jobs.resume check "$stage_dir" -- "$@"; then
     echo "==> $stage: up to date, skipped" >&2
     return
   fi
@@ -136,12 +137,12 @@ def _params() -> dict[str, Param]:
         "python": Param(
             str(_REPO / ".venv" / "bin" / "python"),
             type="string",
-            description="The project's interpreter (its virtual environment, scripts/ensure_venv.sh).",
+            description="The project's interpreter, in its .venv (scripts/ensure_venv.sh).",
         ),
         "pipeline_root": Param(
             "",
             type="string",
-            description="Artifacts, <root>/<stage>/ [default: <repo>/pipeline_root].",
+            description="Artifacts go to <root>/<stage>/ [default: <repo>/pipeline_root].",
         ),
         "input": Param(
             "",
@@ -181,7 +182,7 @@ with DAG(
     dag_id=DAG_ID,
     description="Beam ML pipeline: ingest, statistics, validate, transform, train, evaluate, push.",
     schedule=None,
-    start_date=datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc),
+    start_date=datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC),
     catchup=False,
     max_active_runs=1,  # runs of one pipeline root must not interleave
     params=_params(),
@@ -190,5 +191,5 @@ with DAG(
     tags=["beam-ml-pipelines"],
 ) as dag:
     tasks = [BashOperator(task_id=stage, bash_command=bash_command(stage)) for stage in STAGES]
-    for upstream, downstream in zip(tasks, tasks[1:]):
+    for upstream, downstream in itertools.pairwise(tasks):
         upstream >> downstream

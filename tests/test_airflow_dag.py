@@ -76,7 +76,7 @@ def airflow_env(home: pathlib.Path) -> dict[str, str]:
 
 
 def stage_line(bash_command: str, stage: str) -> list[str]:
-    """The words of a rendered task's run_stage line: the stage's command, as the shell splits it."""
+    """A rendered task's run_stage line (stage dir, command), split into words as the shell does."""
     lines = [line for line in bash_command.splitlines() if line.startswith(f"run_stage {stage} ")]
     assert len(lines) == 1, bash_command
     return shlex.split(lines[0])[2:]
@@ -111,32 +111,41 @@ def test_dag_orders_the_stages_and_runs_run_pipelines_commands(airflow_venv, tmp
     assert loaded["import_errors"] == {}
     tasks = loaded["tasks"]
     assert sorted(tasks) == sorted(STAGES)
-    for before, stage, after in zip(("", *STAGES), STAGES, (*STAGES[1:], "")):
+    for before, stage, after in zip(("", *STAGES[:-1]), STAGES, (*STAGES[1:], ""), strict=True):
         assert tasks[stage]["upstream"] == ([before] if before else [])
         assert tasks[stage]["downstream"] == ([after] if after else [])
         assert tasks[stage]["retries"] == 0
         assert tasks[stage]["trigger_rule"] == "all_success"
 
     beam = ["--runner=DirectRunner", "--direct_num_workers=1"]
-    model_dir = "--model_dir=$model_dir"
+    ingested, schema = f"--examples_dir={root}/ingest", f"--schema={SCHEMA}"
     expected = {
-        "ingest": ["-m", "beam_jobs.ingest", f"--input={data}", f"--schema={SCHEMA}"]
-        + [f"--output_dir={root}/ingest", *beam],
-        "statistics": ["-m", "beam_jobs.statistics", f"--examples_dir={root}/ingest"]
-        + [f"--output_dir={root}/statistics", *beam],
-        "validate": ["-m", "beam_jobs.validate", f"--statistics_dir={root}/statistics"]
-        + [f"--schema={SCHEMA}", f"--output_dir={root}/validate", *beam],
-        "transform": ["-m", "beam_jobs.transform", f"--examples_dir={root}/ingest"]
-        + [f"--schema={SCHEMA}", "--preprocessing_fn=model.preprocessing:preprocessing_fn"]
-        + [f"--output_dir={root}/transform", *beam],
-        "train": ["-m", "model.train", f"--transform_dir={root}/transform"]
-        + [f"--output_dir={root}/train", "--train_steps=50"],
-        "evaluate": ["-m", "beam_jobs.evaluate", model_dir, f"--examples_dir={root}/ingest"]
-        + ["--eval_config=model/eval_config.pbtxt", f"--serving_dir={serving}"]
-        + [f"--output_dir={root}/evaluate", *beam],
-        "push": ["-m", "beam_jobs.push", model_dir, f"--evaluation_dir={root}/evaluate"]
-        + [f"--serving_dir={serving}"],
+        "ingest": ["beam_jobs.ingest", f"--input={data}", schema, f"--output_dir={root}/ingest"],
+        "statistics": ["beam_jobs.statistics", ingested, f"--output_dir={root}/statistics"],
+        "validate": [
+            *("beam_jobs.validate", f"--statistics_dir={root}/statistics", schema),
+            f"--output_dir={root}/validate",
+        ],
+        "transform": [
+            *("beam_jobs.transform", ingested, schema),
+            "--preprocessing_fn=model.preprocessing:preprocessing_fn",
+            f"--output_dir={root}/transform",
+        ],
+        "evaluate": [
+            *("beam_jobs.evaluate", "--model_dir=$model_dir", ingested),
+            *("--eval_config=model/eval_config.pbtxt", f"--serving_dir={serving}"),
+            f"--output_dir={root}/evaluate",
+        ],
     }
+    expected = {stage: ["-m", *words, *beam] for stage, words in expected.items()}
+    expected["train"] = [
+        *("-m", "model.train", f"--transform_dir={root}/transform"),
+        *(f"--output_dir={root}/train", "--train_steps=50"),
+    ]
+    expected["push"] = [
+        *("-m", "beam_jobs.push", "--model_dir=$model_dir"),
+        *(f"--evaluation_dir={root}/evaluate", f"--serving_dir={serving}"),
+    ]
     for stage in STAGES:
         command = tasks[stage]["bash_command"]
         assert stage_line(command, stage) == [str(root / stage), "python", *expected[stage]]
@@ -148,11 +157,8 @@ def test_dag_orders_the_stages_and_runs_run_pipelines_commands(airflow_venv, tmp
 
 def demo_csv(path: pathlib.Path, rows: int) -> pathlib.Path:
     """The demo generator's consumer complaints, `rows` of them."""
-    subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "generate_demo_data.py")]
-        + [f"--output={path}", f"--rows={rows}"],
-        check=True,
-    )
+    generator = REPO_ROOT / "scripts" / "generate_demo_data.py"
+    subprocess.run([sys.executable, generator, f"--output={path}", f"--rows={rows}"], check=True)
     return path
 
 
