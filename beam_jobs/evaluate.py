@@ -75,7 +75,6 @@ __all__ = [
     "model_names",
     "plan_evaluation",
     "prepare_eval_config",
-    "read_contract",
     "resolve_baseline",
     "resolve_eval_config",
     "run",
@@ -175,18 +174,6 @@ def load_eval_config(path: str) -> config_pb2.EvalConfig:
         return text_format.Parse(text, config_pb2.EvalConfig())
     except text_format.ParseError as error:
         raise cli.JobError(f"--eval_config={path} is not a TFMA EvalConfig: {error}") from None
-
-
-def read_contract(model: ModelRef, flag: str) -> model_contract.ModelContract | None:
-    """The model's contract, None for an export without one.
-
-    Raises:
-        cli.JobError: the export's contract file is unreadable.
-    """
-    try:
-        return model_contract.read_contract(model.path)
-    except ValueError as error:
-        raise cli.JobError(f"--{flag}={model.path}: {error}") from None
 
 
 def _output_width(model: ModelRef, contract: model_contract.ModelContract) -> int | None:
@@ -579,10 +566,7 @@ def _check_raw_types(
     The raw schema is the one the model was trained on (its contract's); an export without one
     is checked by its signatures alone.
     """
-    try:
-        schema = model_contract.read_raw_schema(model.path)
-    except ValueError as error:
-        raise cli.JobError(f"--{flag}={model.path}: {error}") from None
+    schema = model_contract.read_raw_schema(model.path)
     if schema is None:
         return
     for feature in schema.feature:
@@ -710,7 +694,7 @@ def plan_evaluation(config: EvaluateConfig) -> EvaluatePlan:
     baseline_dir = resolve_baseline(config)
     flag = "baseline_model_dir" if config.baseline_model_dir else "serving_dir"
     baseline = _model_ref(baseline_dir, flag) if baseline_dir else None
-    contract = read_contract(candidate, "model_dir")
+    contract = model_contract.read_contract(candidate.path)
     eval_config, source = resolve_eval_config(config.eval_config, candidate, contract)
     eval_config, skipped = prepare_eval_config(eval_config, has_baseline=baseline is not None)
     model_names(eval_config)

@@ -653,11 +653,8 @@ def _prediction_model(
                 "contract names the labels: put the model back at that path"
             )
         return None, None, f"the model that made the predictions ({path}, which is gone)"
-    try:
-        contract = model_contract.read_contract(path)
-        raw_schema = model_contract.read_raw_schema(path)
-    except ValueError as error:
-        raise cli.JobError(f"--predictions: {error}") from None
+    contract = model_contract.read_contract(path)
+    raw_schema = model_contract.read_raw_schema(path)
     return contract, raw_schema, f"the model that made the predictions ({path})"
 
 

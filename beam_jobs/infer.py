@@ -541,18 +541,6 @@ def build_pipeline(pipeline: beam.Pipeline, plan: InferPlan, staging_dir: str) -
     )
 
 
-def _read_contract(model: ModelInfo) -> model_contract.ModelContract | None:
-    """The model's contract, None for an export without one.
-
-    Raises:
-        cli.JobError: the export's contract cannot be read.
-    """
-    try:
-        return model_contract.read_contract(model.path)
-    except ValueError as error:
-        raise cli.JobError(f"--model_dir: {error}; re-export the model") from None
-
-
 def input_schema(schema: str | None, model: ModelInfo) -> InputSchema:
     """The column types of raw records: `--schema`'s, else the model's raw schema's, else none.
 
@@ -561,10 +549,7 @@ def input_schema(schema: str | None, model: ModelInfo) -> InputSchema:
     """
     if schema:
         return InputSchema(records.column_types_from_schema(schema), SCHEMA_FROM_FLAG, schema)
-    try:
-        raw_schema = model_contract.read_raw_schema(model.path)
-    except ValueError as error:
-        raise cli.JobError(f"--model_dir: {error}; pass --schema") from None
+    raw_schema = model_contract.read_raw_schema(model.path)
     if raw_schema is None:
         logging.warning(
             "infer: the model carries no raw schema and there is no --schema, so column types are "
@@ -585,7 +570,7 @@ def plan_infer(config: InferConfig) -> InferPlan:
             unknown format, a CSV without `--id_column`.
     """
     model = resolve_model(config.model_dir, config.model_name)
-    contract = _read_contract(model)
+    contract = model_contract.read_contract(model.path)
     _check_outputs(model, contract)
     schema = input_schema(config.schema, model)
     input_plan = sources.plan_source(

@@ -367,13 +367,6 @@ def _task_of_evaluation(slices: Sequence[SliceMetrics], has_matrix: bool) -> str
     return BINARY
 
 
-def _read_contract(model_dir: str) -> model_contract.ModelContract | None:
-    try:
-        return model_contract.read_contract(model_dir)
-    except ValueError as error:
-        raise cli.JobError(f"{error}; re-export the model with model.train") from None
-
-
 def _positive_value(
     config: ModelCardConfig, classes: tuple[str, ...] | None, dtype: tf.DType | None
 ) -> str | None:
@@ -397,7 +390,7 @@ def resolve_label(
         cli.JobError: an unreadable contract, or a flag naming a feature the schema lacks.
         click.UsageError: `--positive_value` for a model that is not binary.
     """
-    contract = _read_contract(config.model_dir)
+    contract = model_contract.read_contract(config.model_dir)
     if contract is not None:
         task, key, classes, origin = contract.task, contract.label_key, contract.classes, None
     else:

@@ -5,7 +5,7 @@ import json
 import pytest
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from beam_jobs.lib import model_contract
+from beam_jobs.lib import cli, model_contract
 
 
 def _schema() -> schema_pb2.Schema:
@@ -50,6 +50,6 @@ def test_an_export_without_a_contract_reads_as_none(tmp_path):
 def test_a_bad_contract_is_named(tmp_path, value, message):
     (tmp_path / "assets").mkdir()
     (tmp_path / "assets" / "model_contract.json").write_text(json.dumps(value))
-    with pytest.raises(ValueError, match=message) as raised:
+    with pytest.raises(cli.JobError, match=message) as raised:
         model_contract.read_contract(str(tmp_path))
     assert "model_contract.json" in str(raised.value)

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from beam_jobs import ingest, statistics, transform, validate
 from beam_jobs.lib import artifacts, cli
-from tests.conftest import REPO_ROOT
+from tests.conftest import DEMO_PREPROCESSING_FN, REPO_ROOT
 
 TINY_CSV = "id,product,state\n1,Mortgage,TX\n2,Credit card,CA\n3,Debt collection,NY\n4,Loan,WA\n"
 
@@ -191,7 +191,11 @@ def test_another_stages_output_as_input_is_one_line(
         ),
         (
             transform,
-            [f"--examples_dir={stats_dir}", f"--schema={curated_schema}"],
+            [
+                f"--examples_dir={stats_dir}",
+                f"--schema={curated_schema}",
+                f"--preprocessing_fn={DEMO_PREPROCESSING_FN}",
+            ],
             "output of the statistics stage",
         ),
     ]

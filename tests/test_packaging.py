@@ -112,7 +112,15 @@ def test_jobs_run_from_the_installed_package(worker_python, tmp_path):
     assert str(worker_python.parents[1]) in where and str(REPO_ROOT) not in where
     for job, flags in (
         ("ingest", [f"--input={data}", f"--schema={SCHEMA}", "--output_dir=ingest"]),
-        ("transform", ["--examples_dir=ingest", f"--schema={SCHEMA}", "--output_dir=transform"]),
+        (
+            "transform",
+            [
+                "--examples_dir=ingest",
+                f"--schema={SCHEMA}",
+                "--output_dir=transform",
+                "--preprocessing_fn=model.preprocessing:preprocessing_fn",
+            ],
+        ),
     ):
         result = subprocess.run(
             [worker_python, "-m", f"beam_jobs.{job}", *flags, "--runner=DirectRunner"],

@@ -25,6 +25,7 @@ from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from beam_jobs.lib import artifacts, layout, tfdv_io
+from beam_jobs.lib.cli import JobError
 
 __all__ = [
     "ASSETS_DIR",
@@ -52,6 +53,7 @@ BINARY = "binary_classification"
 MULTICLASS = "multiclass_classification"
 REGRESSION = "regression"
 TASKS = (BINARY, MULTICLASS, REGRESSION)
+_REEXPORT = "re-export the model with model.train"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,8 +141,7 @@ def read_contract(model_path: str) -> ModelContract | None:
     """The export's contract, or None when it has none.
 
     Raises:
-        ValueError: the file exists but is not a contract this version reads; the message
-            names the file.
+        JobError: the file exists but is not a contract this version reads (named, in one line).
     """
     path = contract_path(model_path)
     if not FileSystems.exists(path):
@@ -148,14 +149,14 @@ def read_contract(model_path: str) -> ModelContract | None:
     try:
         return ModelContract.from_json(artifacts.read_json(path))
     except (ValueError, TypeError, AttributeError) as error:
-        raise ValueError(f"{path} is not a model contract: {error}") from None
+        raise JobError(f"{path} is not a model contract: {error}; {_REEXPORT}") from None
 
 
 def read_raw_schema(model_path: str) -> schema_pb2.Schema | None:
     """The raw schema the export was trained on, or None when it carries none.
 
     Raises:
-        ValueError: the file exists but is not a schema; the message names the file.
+        JobError: the file exists but is not a schema (named, in one line).
     """
     path = raw_schema_path(model_path)
     if not FileSystems.exists(path):
@@ -163,7 +164,7 @@ def read_raw_schema(model_path: str) -> schema_pb2.Schema | None:
     try:
         return tfdv_io.read_schema(path)
     except (text_format.ParseError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not a TFDV schema: {error}") from None
+        raise JobError(f"{path} is not a TFDV schema: {error}; {_REEXPORT}") from None
 
 
 def class_names(contract: ModelContract | None, count: int) -> Sequence[str]:
