@@ -47,6 +47,7 @@ __all__ = [
     "TASKS",
     "TrainConfig",
     "export_model",
+    "fitting_options",
     "main",
     "make_dataset",
     "make_strategy",
@@ -739,6 +740,47 @@ def run(config: TrainConfig) -> artifacts.Manifest:
     return manifest
 
 
+def fitting_options(command: Any) -> Any:
+    """The flags `model.train` and `model.tune` share: the model function, its label, the batches
+    and the devices it fits on."""
+    options = [
+        click.option(
+            "--model_fn",
+            default=DEFAULT_MODEL_FN,
+            help="build_model(tf_transform_output, hparams): package.module:function or "
+            "file.py:function.",
+        ),
+        click.option("--label_key", default=DEFAULT_LABEL_KEY, help="Transformed label feature."),
+        click.option(
+            "--eval_steps",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Eval batches per evaluation [default: the whole eval split].",
+        ),
+        click.option(
+            "--batch_size",
+            type=click.IntRange(min=1),
+            default=DEFAULT_BATCH_SIZE,
+            help="Global batch size.",
+        ),
+        click.option(
+            "--distribution",
+            type=click.Choice(DISTRIBUTIONS),
+            default="mirrored",
+            help="tf.distribute.",
+        ),
+        click.option(
+            "--cpu_replicas",
+            type=click.IntRange(min=1),
+            default=1,
+            help="Without GPUs: split the CPU into this many replicas (mirrored).",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @click.command(
     help=__doc__.split("\n\n")[0],
     context_settings={"show_default": True, "max_content_width": 100},
@@ -747,26 +789,9 @@ def run(config: TrainConfig) -> artifacts.Manifest:
 @click.option(
     "--output_dir", required=True, help="Directory for serving_model/, checkpoints/, logs/."
 )
-@click.option(
-    "--model_fn",
-    default=DEFAULT_MODEL_FN,
-    help="build_model(tf_transform_output, hparams): package.module:function or file.py:function.",
-)
-@click.option("--label_key", default=DEFAULT_LABEL_KEY, help="Transformed label feature.")
+@fitting_options
 @click.option(
     "--train_steps", type=click.IntRange(min=1), default=DEFAULT_TRAIN_STEPS, help="Global steps."
-)
-@click.option(
-    "--eval_steps",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Eval batches per evaluation [default: the whole eval split].",
-)
-@click.option(
-    "--batch_size",
-    type=click.IntRange(min=1),
-    default=DEFAULT_BATCH_SIZE,
-    help="Global batch size.",
 )
 @click.option(
     "--hparams",
@@ -793,15 +818,6 @@ def run(config: TrainConfig) -> artifacts.Manifest:
     "--text_encoder", default=None, help="TF Hub handle or local SavedModel encoding the text."
 )
 @click.option("--base_model", default=None, help="SavedModel export to warm-start from.")
-@click.option(
-    "--distribution", type=click.Choice(DISTRIBUTIONS), default="mirrored", help="tf.distribute."
-)
-@click.option(
-    "--cpu_replicas",
-    type=click.IntRange(min=1),
-    default=1,
-    help="Without GPUs: split the CPU into this many replicas (mirrored).",
-)
 @click.option(
     "--checkpoint_steps",
     type=click.IntRange(min=1),

@@ -516,11 +516,7 @@ def run(config: TuneConfig) -> artifacts.Manifest:
 @click.option(
     "--output_dir", required=True, help="Directory for best_hparams.json, search/, logs/."
 )
-@click.option(
-    "--model_fn",
-    default=train.DEFAULT_MODEL_FN,
-    help="build_model(tf_transform_output, hparams): package.module:function or file.py:function.",
-)
+@train.fitting_options
 @click.option(
     "--search_space",
     default=None,
@@ -538,34 +534,9 @@ def run(config: TuneConfig) -> artifacts.Manifest:
     help="Global steps per trial (hyperband: of its longest trials).",
 )
 @click.option(
-    "--eval_steps",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Eval batches per evaluation [default: the whole eval split].",
-)
-@click.option(
-    "--batch_size",
-    type=click.IntRange(min=1),
-    default=train.DEFAULT_BATCH_SIZE,
-    help="Global batch size.",
-)
-@click.option(
     "--objective",
     default=DEFAULT_OBJECTIVE,
     help="Metric to optimize, e.g. val_auc; name:min or name:max where the name does not tell.",
-)
-@click.option("--label_key", default=train.DEFAULT_LABEL_KEY, help="Transformed label feature.")
-@click.option(
-    "--distribution",
-    type=click.Choice(train.DISTRIBUTIONS),
-    default="mirrored",
-    help="tf.distribute.",
-)
-@click.option(
-    "--cpu_replicas",
-    type=click.IntRange(min=1),
-    default=1,
-    help="Without GPUs: split the CPU into this many replicas (mirrored).",
 )
 @cli.reports_job_errors
 def main(**flags: Any) -> None:
