@@ -17,7 +17,6 @@ then need the flags they always needed.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
@@ -37,7 +36,6 @@ __all__ = [
     "REGRESSION",
     "TASKS",
     "ModelContract",
-    "class_names",
     "contract_path",
     "raw_schema_path",
     "read_contract",
@@ -165,10 +163,3 @@ def read_raw_schema(model_path: str) -> schema_pb2.Schema | None:
         return tfdv_io.read_schema(path)
     except (text_format.ParseError, UnicodeDecodeError) as error:
         raise JobError(f"{path} is not a TFDV schema: {error}; {_REEXPORT}") from None
-
-
-def class_names(contract: ModelContract | None, count: int) -> Sequence[str]:
-    """Names of `count` classes: the contract's where known, else the indices as text."""
-    if contract is None:
-        return [str(index) for index in range(count)]
-    return [contract.class_name(index) for index in range(count)]
