@@ -254,7 +254,16 @@ def push(config: PushConfig, *, clock: Callable[[], float] = time.time) -> int:
             "pushed"
         ) from None
     finally:
+        _remove_staging(staging)
+
+
+def _remove_staging(staging: str) -> None:
+    """Deletes what a push staged, file by file on object stores, where a folder is only a
+    prefix of names. A failure to clean up is logged, never raised over the push's own error."""
+    try:
         artifacts.delete_tree(staging)
+    except (OSError, cli.JobError) as error:
+        logging.error("could not remove %s, left by this push: %s", staging, error)
 
 
 def rollback(serving_dir: str) -> tuple[int, int]:
@@ -284,12 +293,11 @@ def rollback(serving_dir: str) -> tuple[int, int]:
     return newest, versions[-2]
 
 
-@click.command(help=__doc__.split("\n\n")[0], context_settings={"show_default": True})
+@cli.job_command(__doc__.split("\n\n")[0])
 @click.option("--model_dir", default=None, help="SavedModel directory to push.")
 @click.option("--evaluation_dir", default=None, help="Output of beam_jobs.evaluate for that model.")
 @click.option("--serving_dir", required=True, help="TF Serving base directory (versions inside).")
 @click.option("--rollback", "do_rollback", is_flag=True, help="Remove the newest version instead.")
-@cli.reports_job_errors
 def main(
     model_dir: str | None, evaluation_dir: str | None, serving_dir: str, do_rollback: bool
 ) -> None:
