@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs.lib import artifacts, blessing, cli, layout, provenance
@@ -179,10 +180,20 @@ def _copy_files(source: str, destination: str, entries: list[_Entry]) -> None:
                 _copy_regular_file(os.path.join(source, entry.relative), target)
         return
     files = [entry.relative for entry in entries if not entry.is_dir]
-    FileSystems.copy(
-        [FileSystems.join(source, path) for path in files],
-        [FileSystems.join(destination, path) for path in files],
-    )
+    sources = [FileSystems.join(source, path) for path in files]
+    destinations = [FileSystems.join(destination, path) for path in files]
+    if FileSystems.get_scheme(source) == FileSystems.get_scheme(destination):
+        FileSystems.copy(sources, destinations)
+        return
+    # Beam copies only within one file system: a local model to a bucket goes byte by byte.
+    for source_path, destination_path in zip(sources, destinations, strict=True):
+        with (
+            FileSystems.open(source_path, compression_type=CompressionTypes.UNCOMPRESSED) as reader,
+            FileSystems.create(
+                destination_path, compression_type=CompressionTypes.UNCOMPRESSED
+            ) as writer,
+        ):
+            shutil.copyfileobj(reader, writer, _COPY_CHUNK_BYTES)
 
 
 def _newest_taken(serving_dir: str) -> int:
