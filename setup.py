@@ -33,7 +33,15 @@ REQUIRED_PACKAGES = [
     "tfx-bsl==1.16.1",
 ]
 
+# TensorFlow's s3:// file system (TensorFlow 2.16 has none): loaded only when a path is on s3://.
+# 0.37.1 is the release for tensorflow 2.16 (cp311); it aborts at interpreter exit
+# (tensorflow/io#2039), which beam_jobs.lib.filesystems.exit_process works around.
+S3_PACKAGES = [
+    "tensorflow-io==0.37.1",
+]
+
 DEV_PACKAGES = [
+    *S3_PACKAGES,  # so CI runs the s3:// paths
     "psutil>=5.9",  # peak memory of process trees in scripts/benchmark.py
     "pytest>=8",
     "ruff>=0.6",
@@ -47,5 +55,5 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["beam_jobs", "beam_jobs.*", "model", "model.*"]),
     package_data={"model": ["*.pbtxt"]},
     install_requires=REQUIRED_PACKAGES,
-    extras_require={"dev": DEV_PACKAGES},
+    extras_require={"dev": DEV_PACKAGES, "s3": S3_PACKAGES},
 )

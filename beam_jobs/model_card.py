@@ -1155,10 +1155,7 @@ def run(config: ModelCardConfig) -> str:
     return page
 
 
-@click.command(
-    help=__doc__.split("\n\n")[0],
-    context_settings={"show_default": True, "max_content_width": 100},
-)
+@cli.job_command(__doc__.split("\n\n")[0])
 @click.option(
     "--model_dir", required=True, help="A pushed version (with provenance.json) or a SavedModel."
 )
@@ -1197,7 +1194,6 @@ def run(config: ModelCardConfig) -> str:
     help="Raw free-text feature whose presence the card counts; repeat it or give a comma "
     "list [default: none].",
 )
-@cli.reports_job_errors
 def main(**flags: Any) -> None:
     """Writes the model card."""
     flags["text_features"] = tuple(

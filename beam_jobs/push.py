@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs.lib import artifacts, blessing, cli, layout, provenance
@@ -179,10 +180,20 @@ def _copy_files(source: str, destination: str, entries: list[_Entry]) -> None:
                 _copy_regular_file(os.path.join(source, entry.relative), target)
         return
     files = [entry.relative for entry in entries if not entry.is_dir]
-    FileSystems.copy(
-        [FileSystems.join(source, path) for path in files],
-        [FileSystems.join(destination, path) for path in files],
-    )
+    sources = [FileSystems.join(source, path) for path in files]
+    destinations = [FileSystems.join(destination, path) for path in files]
+    if FileSystems.get_scheme(source) == FileSystems.get_scheme(destination):
+        FileSystems.copy(sources, destinations)
+        return
+    # Beam copies only within one file system: a local model to a bucket goes byte by byte.
+    for source_path, destination_path in zip(sources, destinations, strict=True):
+        with (
+            FileSystems.open(source_path, compression_type=CompressionTypes.UNCOMPRESSED) as reader,
+            FileSystems.create(
+                destination_path, compression_type=CompressionTypes.UNCOMPRESSED
+            ) as writer,
+        ):
+            shutil.copyfileobj(reader, writer, _COPY_CHUNK_BYTES)
 
 
 def _newest_taken(serving_dir: str) -> int:
@@ -254,7 +265,16 @@ def push(config: PushConfig, *, clock: Callable[[], float] = time.time) -> int:
             "pushed"
         ) from None
     finally:
+        _remove_staging(staging)
+
+
+def _remove_staging(staging: str) -> None:
+    """Deletes what a push staged, file by file on object stores, where a folder is only a
+    prefix of names. A failure to clean up is logged, never raised over the push's own error."""
+    try:
         artifacts.delete_tree(staging)
+    except (OSError, cli.JobError) as error:
+        logging.error("could not remove %s, left by this push: %s", staging, error)
 
 
 def rollback(serving_dir: str) -> tuple[int, int]:
@@ -284,12 +304,11 @@ def rollback(serving_dir: str) -> tuple[int, int]:
     return newest, versions[-2]
 
 
-@click.command(help=__doc__.split("\n\n")[0], context_settings={"show_default": True})
+@cli.job_command(__doc__.split("\n\n")[0])
 @click.option("--model_dir", default=None, help="SavedModel directory to push.")
 @click.option("--evaluation_dir", default=None, help="Output of beam_jobs.evaluate for that model.")
 @click.option("--serving_dir", required=True, help="TF Serving base directory (versions inside).")
 @click.option("--rollback", "do_rollback", is_flag=True, help="Remove the newest version instead.")
-@cli.reports_job_errors
 def main(
     model_dir: str | None, evaluation_dir: str | None, serving_dir: str, do_rollback: bool
 ) -> None:

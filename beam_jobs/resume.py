@@ -11,6 +11,10 @@ stage that reran writes a new manifest, so every stage downstream of it gets a n
 A stage is up to date only while its own output is still there as recorded: the manifest of its
 `--output_dir`, or, for a stage without one (push), the newest version under its `--serving_dir`
 at record time, with the same files. A deleted or replaced output reruns its stage.
+
+The file-system settings come from the stage command's own Beam flags (`--s3_endpoint_url=...`),
+so a stage dir on `gs://` or `s3://` is read as the stage itself reads it; credentials given as
+flags are neither part of the key nor recorded.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 import click
 from apache_beam.io.filesystems import FileSystems
 
-from beam_jobs.lib import artifacts, cli, layout
+from beam_jobs.lib import artifacts, cli, filesystems, layout
 
 __all__ = ["RUN_KEY_FILE", "is_up_to_date", "main", "record", "run_key"]
 
@@ -34,6 +38,9 @@ _PACKAGES = ("beam_jobs", "model")
 _OWN_OUTPUT_FLAGS = ("--output_dir", "--serving_dir")
 # Where a runner listens (Prism's ports change with every start), not what a stage computes.
 _RUNNER_ADDRESS_FLAGS = ("--job_endpoint", "--artifact_endpoint", "--environment_config")
+# Which store to reach and how, not what a stage computes; their values are no paths.
+_STORE_FLAG_PREFIX = "--s3_"
+_REDACTED = "<redacted>"
 
 
 def _code_fingerprint() -> str:
@@ -80,9 +87,14 @@ def run_key(command: Sequence[str]) -> str:
     inputs = {
         flag: _value_fingerprint(value)
         for flag, value in _flag_values(command).items()
-        if flag not in _OWN_OUTPUT_FLAGS
+        if flag not in _OWN_OUTPUT_FLAGS and not flag.startswith(_STORE_FLAG_PREFIX)
     }
-    computed = [arg for arg in command if arg.partition("=")[0] not in _RUNNER_ADDRESS_FLAGS]
+    computed = [
+        arg
+        for arg in command
+        if arg.partition("=")[0] not in _RUNNER_ADDRESS_FLAGS
+        and not arg.startswith(_STORE_FLAG_PREFIX)
+    ]
     payload = {"command": computed, "inputs": inputs, "code": _code_fingerprint()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -140,6 +152,16 @@ def is_up_to_date(stage_dir: str, command: Sequence[str]) -> bool:
     return _output_intact(recorded["output"])
 
 
+def _redacted(command: Sequence[str]) -> list[str]:
+    """The command as recorded: credentials given as flags replaced."""
+    return [
+        f"{arg.partition('=')[0]}={_REDACTED}"
+        if arg.partition("=")[0] in filesystems.SECRET_FLAGS
+        else arg
+        for arg in command
+    ]
+
+
 def record(stage_dir: str, command: Sequence[str]) -> None:
     """Records that `command` finished, writing its run key and its output into `stage_dir`."""
     if FileSystems.get_scheme(stage_dir) is None:
@@ -148,7 +170,7 @@ def record(stage_dir: str, command: Sequence[str]) -> None:
         FileSystems.join(stage_dir, RUN_KEY_FILE),
         {
             "run_key": run_key(command),
-            "command": list(command),
+            "command": _redacted(command),
             "output": _own_output(command),
             "recorded_at": artifacts.utc_now(),
         },
@@ -162,6 +184,8 @@ def record(stage_dir: str, command: Sequence[str]) -> None:
 @cli.reports_job_errors
 def main(action: str, stage_dir: str, command: tuple[str, ...]) -> None:
     """check: exit 0 if STAGE_DIR ran COMMAND on these inputs, else 1. record: note it did."""
+    beam_flags = filesystems.beam_flags(command)
+    filesystems.apply(cli.pipeline_options(beam_flags), [stage_dir, *command])
     if action == "record":
         record(stage_dir, command)
         return

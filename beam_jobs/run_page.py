@@ -515,10 +515,7 @@ def run(config: RunPageConfig) -> str:
     return output
 
 
-@click.command(
-    help=__doc__.split("\n\n")[0],
-    context_settings={"show_default": True, "max_content_width": 100},
-)
+@cli.job_command(__doc__.split("\n\n")[0])
 @click.option("--pipeline_root", required=True, help="The root every stage of the run wrote under.")
 @click.option(
     "--serving_dir",
@@ -526,7 +523,6 @@ def run(config: RunPageConfig) -> str:
     help="Where push serves [default: the run's (run_status/run.json), else <root>/serving].",
 )
 @click.option("--output", default=None, help="Page to write [default: <pipeline_root>/index.html].")
-@cli.reports_job_errors
 def main(**flags: Any) -> None:
     """Writes the run page."""
     click.echo(f"wrote {run(RunPageConfig(**flags))}")

@@ -781,10 +781,7 @@ def fitting_options(command: Any) -> Any:
     return command
 
 
-@click.command(
-    help=__doc__.split("\n\n")[0],
-    context_settings={"show_default": True, "max_content_width": 100},
-)
+@cli.job_command(__doc__.split("\n\n")[0])
 @click.option("--transform_dir", required=True, help="Transform output to train on.")
 @click.option(
     "--output_dir", required=True, help="Directory for serving_model/, checkpoints/, logs/."
@@ -855,7 +852,6 @@ def fitting_options(command: Any) -> Any:
     help="DP-SGD: delta of the reported epsilon, in (0, 1) [default: 1/training examples "
     "rounded down to a power of ten].",
 )
-@cli.reports_job_errors
 def main(**flags: Any) -> None:
     """Trains the model named by `--model_fn` on `--transform_dir`."""
     manifest = run(TrainConfig(**flags))

@@ -508,10 +508,7 @@ def run(config: TuneConfig) -> artifacts.Manifest:
     return manifest
 
 
-@click.command(
-    help=__doc__.split("\n\n")[0],
-    context_settings={"show_default": True, "max_content_width": 100},
-)
+@cli.job_command(__doc__.split("\n\n")[0])
 @click.option("--transform_dir", required=True, help="Transform output to tune on.")
 @click.option(
     "--output_dir", required=True, help="Directory for best_hparams.json, search/, logs/."
@@ -538,7 +535,6 @@ def run(config: TuneConfig) -> artifacts.Manifest:
     default=DEFAULT_OBJECTIVE,
     help="Metric to optimize, e.g. val_auc; name:min or name:max where the name does not tell.",
 )
-@cli.reports_job_errors
 def main(**flags: Any) -> None:
     """Searches the hyper-parameters of the model named by `--model_fn` on `--transform_dir`."""
     config = TuneConfig(**flags)

@@ -5,7 +5,7 @@
 #   scripts/run_pipeline.sh [--input=<pattern>] [--pipeline_root=<dir>] [--serving_dir=<dir>]
 #                           [--runner=DirectRunner|portable|<Beam runner>] [--resume]
 #                           [--tune] [--tune_options="<model.tune flags>"]
-#                           [-- <Beam options for every Beam job>]
+#                           [-- <Beam options for every stage>]
 #
 # With no --input it generates the demo's consumer-complaint data first. Stops at the first failing
 # stage with its exit code: 3 when validation finds anomalies, 4 when the model is not blessed.
@@ -59,23 +59,52 @@ json_string() {
   text=${text//$'\n'/\\n}
   printf '"%s"' "$text"
 }
+# A gs:// or s3:// root is reached through Beam's file systems (beam_jobs.lib.store), with the
+# Beam options every stage gets; ls, rm and mv reach only local paths.
+remote_root=0
+case "$pipeline_root" in *://*) remote_root=1 ;; esac
+store() { python -m beam_jobs.lib.store "$@" "${store_options[@]}"; }
 write_status() { # write_status <file name> <JSON object>
+  if [ "$remote_root" = 1 ]; then
+    printf '%s\n' "$2" | store --action=write --path="$status_dir/$1"
+    return
+  fi
   local temporary="$status_dir/.$1.tmp-$$"
   printf '%s\n' "$2" >"$temporary"
   mv -f "$temporary" "$status_dir/$1"
+}
+# newest_version <dir>: the largest numbered entry of a model export or serving dir.
+newest_version() {
+  if [ "$remote_root" = 1 ] || [[ "$1" == *://* ]]; then
+    store --action=newest_version --path="$1"
+  else
+    ls "$1" | grep -E '^[0-9]+$' | sort -n | tail -n 1
+  fi
 }
 # stage_status <stage> <status> <exit code|null> <started at> <finished at|null> <command...>
 stage_status() {
   local stage=$1 status=$2 code=$3 started=$4 finished=$5 command="" argument
   shift 5
-  for argument in "$@"; do command+="${command:+, }$(json_string "$argument")"; done
+  for argument in "$@"; do
+    case "$argument" in # Credentials given as flags are not recorded.
+      --s3_access_key_id=* | --s3_secret_access_key=* | --s3_session_token=*)
+        argument="${argument%%=*}=<redacted>" ;;
+    esac
+    command+="${command:+, }$(json_string "$argument")"
+  done
   [ "$finished" = null ] || finished=$(json_string "$finished")
   write_status "$stage.json" "{\"stage\": $(json_string "$stage"), \"status\": \"$status\", \
 \"exit_code\": $code, \"started_at\": \"$started\", \"finished_at\": $finished, \
 \"command\": [$command]}"
 }
-mkdir -p "$status_dir"
-rm -f "$status_dir"/*.json # A new run: stages it does not reach show as not run.
+# The options every stage gets, also for the root's status files (the runner's are added below).
+store_options=("${beam_options[@]}")
+if [ "$remote_root" = 1 ]; then
+  store --action=clear --path="$status_dir/*.json"
+else
+  mkdir -p "$status_dir"
+  rm -f "$status_dir"/*.json # A new run: stages it does not reach show as not run.
+fi
 run_started=$(now)
 run_status() { # run_status <exit code|null> <finished at|null>
   local finished=$2
@@ -95,7 +124,7 @@ on_exit() {
   fi
   run_status "$code" "$(now)"
   python -m beam_jobs.run_page --pipeline_root="$pipeline_root" --serving_dir="$serving_dir" \
-    >&2 || echo "run_pipeline.sh: the run page could not be written" >&2
+    "${beam_options[@]}" >&2 || echo "run_pipeline.sh: the run page could not be written" >&2
   if [ "$prism_started" = 1 ]; then "$repo/scripts/prism.sh" stop; fi
   exit "$code"
 }
@@ -116,6 +145,10 @@ fi
 schema="$repo/schemas/consumer_complaints/schema.pbtxt"
 if [ -z "$input" ]; then
   input="$pipeline_root/data/complaints.csv"
+  if [ "$remote_root" = 1 ]; then
+    echo "run_pipeline.sh: give --input with a --pipeline_root on an object store" >&2
+    exit 2
+  fi
   [ -f "$input" ] || python scripts/generate_demo_data.py --output="$input"
 fi
 
@@ -168,22 +201,22 @@ retrain=0
 if [ "$tune" = 1 ]; then
   run_stage tune "$root/tune" \
     python -m model.tune --transform_dir="$root/transform" --output_dir="$root/tune" \
-    "${tune_options[@]}"
+    "${tune_options[@]}" "${beam_options[@]}"
   train_options=("--hparams=@$root/tune/best_hparams.json")
   # Train's run key sees the file's name, not its content: a search that ran again retrains.
   retrain=$stage_ran
 fi
 force=$retrain run_stage train "$root/train" \
   python -m model.train --transform_dir="$root/transform" --output_dir="$root/train" \
-  "${train_options[@]}"
-model_dir="$root/train/serving_model/$(ls "$root/train/serving_model" | sort -n | tail -n 1)"
+  "${train_options[@]}" "${beam_options[@]}"
+model_dir="$root/train/serving_model/$(newest_version "$root/train/serving_model")"
 run_stage evaluate "$root/evaluate" \
   python -m beam_jobs.evaluate --model_dir="$model_dir" --examples_dir="$root/ingest" \
   --eval_config=model/eval_config.pbtxt --serving_dir="$serving_dir" --output_dir="$root/evaluate" \
   "${beam_options[@]}"
 run_stage push "$root/push" \
   python -m beam_jobs.push --model_dir="$model_dir" --evaluation_dir="$root/evaluate" \
-  --serving_dir="$serving_dir"
+  --serving_dir="$serving_dir" "${beam_options[@]}"
 
 tuned=""
 [ "$tune" = 0 ] || tuned=$'\n'"  best hparams        $root/tune/best_hparams.json"
@@ -195,6 +228,6 @@ pipeline finished; artifacts:
   transform           $root/transform${tuned}
   trained model       $model_dir
   evaluation report   $root/evaluate/report.html
-  serving models      $serving_dir (newest version: $(ls "$serving_dir" | grep -E '^[0-9]+$' | sort -n | tail -n 1))
+  serving models      $serving_dir (newest version: $(newest_version "$serving_dir"))
   run page            $root/index.html
 SUMMARY

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
 
 import google_crc32c
-from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs.lib import layout
@@ -95,12 +95,29 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def _root_cause(error: BaseException) -> BaseException:
+    """The error under Beam's `BeamIOError`s, which nest one per pattern and per listing."""
+    while isinstance(error, BeamIOError) and error.exception_details:
+        error = next(iter(error.exception_details.values()))
+    return error
+
+
 def list_files(pattern: str) -> list[Any]:
-    """The files matching a glob pattern (Beam `FileMetadata`), sorted by path; empty if none."""
+    """The files matching a glob pattern (Beam `FileMetadata`), sorted by path; empty if none.
+
+    Raises:
+        JobError: the store cannot be listed (credentials, endpoint, permission, a scheme without
+            a file system); a missing local folder or bucket is no match, not an error.
+    """
     try:
         matches = FileSystems.match([pattern])[0].metadata_list
-    except Exception:  # Beam raises BeamIOError, or IOError for a missing local directory.
-        return []
+    except (BeamIOError, ValueError) as error:
+        if _is_local(pattern):
+            return []  # Older Beam raised IOError for a missing local directory.
+        reason = _root_cause(error)
+        raise JobError(
+            f"cannot list {pattern}: {type(reason).__name__}: {reason}".splitlines()[0]
+        ) from None
     return sorted(matches, key=lambda metadata: metadata.path)
 
 
@@ -213,8 +230,18 @@ def move_directory(source: str, destination: str, *, commit_file: str) -> None:
         (metadata.path for metadata in list_files(prefix + "**")),
         key=lambda path: path.endswith("/" + commit_file),
     )
-    for path in files:
-        FileSystems.rename([path], [FileSystems.join(destination, path[len(prefix) :])])
+    moved: list[tuple[str, str]] = []
+    try:
+        for path in files:
+            target = FileSystems.join(destination, path[len(prefix) :])
+            FileSystems.rename([path], [target])
+            moved.append((path, target))
+    except Exception:
+        # Back into the source, so the destination (a prefix, gone with its last object) is
+        # left as it was and whoever cleans up the source finds every file there.
+        for path, target in reversed(moved):
+            FileSystems.rename([target], [path])
+        raise
 
 
 def delete_tree(path: str) -> None:

@@ -4,7 +4,9 @@ Every job is a click command whose own flags are snake_case; every flag it does 
 collected unchanged and handed to Beam's `PipelineOptions`, so `--runner=FlinkRunner
 --flink_master=host:8081` or `--runner=DataflowRunner --project=p ...` work without the job knowing
 about them. Write Beam flags as `--flag=value`: click cannot know whether an unknown flag takes
-a value.
+a value. Programs that are not pipelines (`job_command`: training, push, model cards) take Beam's
+flags too, so one set of options serves a whole chain, and refuse any other unknown flag. Both
+give the options to the file systems (`filesystems.apply`) before the job's first file access.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Any
 import click
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from beam_jobs.lib import filesystems
+
 __all__ = [
     "EXIT_ERROR",
     "EXIT_NOT_BLESSED",
@@ -29,6 +33,7 @@ __all__ = [
     "NotBlessedError",
     "ValidationAnomaliesError",
     "beam_job_command",
+    "job_command",
     "pipeline_options",
     "reports_job_errors",
     "run_module_main",
@@ -116,27 +121,58 @@ def reports_job_errors(main: Callable[..., Any]) -> Callable[..., Any]:
     return guarded
 
 
+def _applies_file_system_options(main: Callable[..., Any], *, beam_job: bool) -> Callable[..., Any]:
+    """Wraps a command body taking `beam_args`: applies them to the file systems first.
+
+    A Beam job gets `beam_args` for its pipeline; any other program must know every flag (a typo
+    must not pass silently) and does not see them.
+    """
+
+    @functools.wraps(main)
+    def applied(*args: Any, beam_args: tuple[str, ...], **kwargs: Any) -> Any:
+        options = pipeline_options(beam_args)
+        if not beam_job and (unknown := filesystems.unknown_flags(beam_args)):
+            raise click.UsageError(f"no such option: {unknown[0].partition('=')[0]}")
+        filesystems.apply(options, kwargs.values())
+        if beam_job:
+            return main(*args, beam_args=beam_args, **kwargs)
+        return main(*args, **kwargs)
+
+    return applied
+
+
+def _command(help_text: str | None, main: Callable[..., Any], *, beam_job: bool) -> click.Command:
+    guarded = click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)(
+        reports_job_errors(_applies_file_system_options(main, beam_job=beam_job))
+    )
+    return click.command(
+        help=help_text,
+        context_settings={
+            "ignore_unknown_options": True,
+            "show_default": True,
+            "max_content_width": 100,
+        },
+    )(guarded)
+
+
 def beam_job_command(help_text: str) -> Callable[[Callable[..., Any]], click.Command]:
     """Decorator making a click command of a job's `main`.
 
     The command accepts unknown flags (passed to `main` as `beam_args`, a tuple of strings, for
-    `pipeline_options`), shows defaults in `--help`, and reports errors as `reports_job_errors`.
+    `pipeline_options`) and gives them to the file systems before `main` runs, shows defaults
+    in `--help`, and reports errors as `reports_job_errors`.
     """
+    return lambda main: _command(help_text, main, beam_job=True)
 
-    def decorate(main: Callable[..., Any]) -> click.Command:
-        guarded = click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)(
-            reports_job_errors(main)
-        )
-        return click.command(
-            help=help_text,
-            context_settings={
-                "ignore_unknown_options": True,
-                "show_default": True,
-                "max_content_width": 100,
-            },
-        )(guarded)
 
-    return decorate
+def job_command(help_text: str | None) -> Callable[[Callable[..., Any]], click.Command]:
+    """Decorator making a click command of a program that is not a Beam pipeline.
+
+    It takes Beam's flags (the file systems' settings, and whatever a chain passes to every
+    stage) and applies them before `main` runs, which does not see them; an unknown flag that is
+    not a Beam option is a usage error. Otherwise as `beam_job_command`.
+    """
+    return lambda main: _command(help_text, main, beam_job=False)
 
 
 def run_module_main(module_name: str) -> None:
@@ -144,6 +180,21 @@ def run_module_main(module_name: str) -> None:
 
     Beam workers in other processes (multi-processing DirectRunner, Flink, Spark, Dataflow)
     unpickle a job's DoFns by module name, and `python -m`'s `__main__` is not importable there;
-    the same module imported as `beam_jobs.<job>` is.
+    the same module imported as `beam_jobs.<job>` is. The process ends through
+    `filesystems.exit_process`, so the exit code survives tensorflow-io's crash at exit.
     """
-    importlib.import_module(module_name).main()
+    try:
+        importlib.import_module(module_name).main()
+        code = EXIT_OK
+    except SystemExit as exit_:  # click's standalone mode always ends here.
+        code = exit_.code
+        if not isinstance(code, int):
+            if code is not None:
+                click.echo(code, err=True)
+            code = EXIT_ERROR if code is not None else EXIT_OK
+    except BaseException:
+        if "tensorflow_io" not in sys.modules:
+            raise
+        logging.exception("%s failed", module_name)
+        code = EXIT_ERROR
+    filesystems.exit_process(code)
