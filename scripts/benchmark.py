@@ -30,13 +30,18 @@ import psutil
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_SOURCE = REPO_ROOT.parent / "shared" / "data" / "consumer_complaints_cfpb_2015.csv"
 SCHEMA = REPO_ROOT / "schemas" / "consumer_complaints" / "schema.pbtxt"
-# Every stage needs ingest's output; evaluate scores a model trained on transform's.
-STAGES = ("ingest", "statistics", "transform", "evaluate")
+# Every stage needs ingest's output; train fits on transform's; evaluate scores train's model.
+STAGES = ("ingest", "statistics", "transform", "train", "evaluate")
 MULTI_PROCESS = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
 STARTUP_ROWS = 100
 _ID_COLUMNS = ("", "Complaint ID")
 _POLL_SECONDS = 0.2
 _MIN_SECONDS_BEYOND_STARTUP = 1.0
+# Train (ours and the plain Keras script alike): one epoch of at most TRAIN_STEPS global batches
+# of BATCH_SIZE, validated and evaluated on EVAL_STEPS eval batches, then exported.
+TRAIN_STEPS = 1000
+EVAL_STEPS = 50
+BATCH_SIZE = 64
 
 
 @dataclasses.dataclass
@@ -175,6 +180,156 @@ def reference_statistics(csv_path: str, output_path: str) -> None:
     tfdv.generate_statistics_from_csv(csv_path, output_path=output_path)
 
 
+def _split_patterns(examples_dir: str) -> dict[str, str]:
+    """Each split folder of an ingest output and the pattern of its TFRecord files."""
+    root = pathlib.Path(examples_dir)
+    return {
+        path.name: str(path / "*.tfrecord.gz")
+        for path in sorted(root.iterdir())
+        if path.is_dir() and any(path.glob("*.tfrecord.gz"))
+    }
+
+
+def reference_transform(examples_dir: str, schema_path: str, output_dir: str) -> None:
+    """The plain TFT script: TFXIO source, AnalyzeAndTransformDataset on train, TransformDataset on
+    the other splits, EncodeTransformedDataset, WriteToTFRecord; the transform_fn written too."""
+    import apache_beam as beam
+    import tensorflow_transform.beam as tft_beam
+    from google.protobuf import text_format
+    from tensorflow_metadata.proto.v0 import schema_pb2
+    from tfx_bsl.public import tfxio
+
+    from model.preprocessing import preprocessing_fn  # the user's code
+
+    schema = text_format.Parse(pathlib.Path(schema_path).read_text(), schema_pb2.Schema())
+    patterns = _split_patterns(examples_dir)
+
+    def write(dataset, split: str):
+        return (
+            dataset
+            | f"Encode{split}" >> tft_beam.EncodeTransformedDataset()
+            | f"Write{split}"
+            >> beam.io.WriteToTFRecord(
+                f"{output_dir}/transformed_examples/{split}/data", file_name_suffix=".tfrecord.gz"
+            )
+        )
+
+    context = tft_beam.Context(temp_dir=f"{output_dir}/tmp")
+    with beam.Pipeline(argv=["--runner=DirectRunner"]) as pipeline, context:
+        train = tfxio.TFExampleRecord(file_pattern=patterns["train"], schema=schema)
+        raw = pipeline | "ReadTrain" >> train.BeamSource()
+        transformed, transform_fn = (
+            raw,
+            train.TensorAdapterConfig(),
+        ) | "AnalyzeAndTransform" >> tft_beam.AnalyzeAndTransformDataset(
+            preprocessing_fn, output_record_batches=True
+        )
+        _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(output_dir)
+        write(transformed, "train")
+        for split, pattern in patterns.items():
+            if split == "train":
+                continue
+            source = tfxio.TFExampleRecord(file_pattern=pattern, schema=schema)
+            data = pipeline | f"Read{split}" >> source.BeamSource()
+            write(
+                ((data, source.TensorAdapterConfig()), transform_fn)
+                | f"Transform{split}" >> tft_beam.TransformDataset(output_record_batches=True),
+                split,
+            )
+
+
+def reference_train(transform_dir: str, output_dir: str, steps: str, eval_steps: str) -> None:
+    """The plain Keras script: the demo model fitted on a plain tf.data pipeline for the same
+    steps, batch and validation steps as our `model.train` run, evaluated, and exported with a
+    serving signature over raw examples (TFT's layer in front of the model)."""
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    from model.model import build_model  # the user's code
+
+    label = "consumer_disputed_xf"
+    tf_output = tft.TFTransformOutput(transform_dir)
+    tf.keras.utils.set_random_seed(42)
+    keras_model = build_model(tf_output, {})
+    full_spec = tf_output.transformed_feature_spec()
+    spec = {key: full_spec[key] for key in (*keras_model.input_names, label)}
+
+    def parse(serialized):
+        parsed = tf.io.parse_example(serialized, spec)
+        return parsed, tf.reshape(tf.cast(parsed.pop(label), tf.float32), [-1, 1])
+
+    def dataset(split: str, training: bool):
+        files = sorted(tf.io.gfile.glob(f"{transform_dir}/transformed_examples/{split}/*"))
+        data = tf.data.TFRecordDataset(files, compression_type="GZIP")
+        if training:
+            data = data.shuffle(10_000, seed=42).repeat()
+        data = data.batch(BATCH_SIZE, drop_remainder=training)
+        return data.map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+    eval_data = dataset("eval", training=False)
+    keras_model.fit(
+        dataset("train", training=True),
+        steps_per_epoch=int(steps),
+        epochs=1,
+        validation_data=eval_data,
+        validation_steps=int(eval_steps),
+        verbose=2,
+    )
+    keras_model.evaluate(eval_data, steps=int(eval_steps), verbose=0)
+    keras_model.tft_layer = tf_output.transform_features_layer()
+    raw_spec = tf_output.raw_feature_spec()
+    serving_spec = {key: value for key, value in raw_spec.items() if key != "consumer_disputed"}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def serve(serialized):
+        transformed = keras_model.tft_layer(tf.io.parse_example(serialized, serving_spec))
+        return {
+            "outputs": keras_model({name: transformed[name] for name in keras_model.input_names})
+        }
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def transform(serialized):
+        return keras_model.tft_layer(tf.io.parse_example(serialized, raw_spec))
+
+    keras_model.save(
+        f"{output_dir}/serving_model",
+        save_format="tf",
+        signatures={"serving_default": serve, "transform_features": transform},
+        include_optimizer=False,
+    )
+
+
+def reference_evaluate(
+    model_dir: str, examples_dir: str, eval_config: str, output_dir: str
+) -> None:
+    """The plain TFMA call: `tfma.run_model_analysis` with the demo EvalConfig on the eval split,
+    the config's serving signature and label as the export names them."""
+    import tensorflow_model_analysis as tfma
+    from google.protobuf import text_format
+
+    config = text_format.Parse(pathlib.Path(eval_config).read_text(), tfma.EvalConfig())
+    tfma.run_model_analysis(
+        eval_shared_model=tfma.default_eval_shared_model(
+            # No model serves yet: the change thresholds are skipped, as TFX's first run does.
+            eval_saved_model_path=model_dir,
+            eval_config=config,
+            rubber_stamp=True,
+        ),
+        eval_config=config,
+        data_location=_split_patterns(examples_dir)["eval"],
+        output_path=output_dir,
+    )
+
+
+REFERENCES = {
+    "ingest": reference_ingest,
+    "statistics": reference_statistics,
+    "transform": reference_transform,
+    "train": reference_train,
+    "evaluate": reference_evaluate,
+}
+
+
 class Benchmark:
     """Runs every stage for every size in one process tree, collecting measurements."""
 
@@ -220,8 +375,7 @@ class Benchmark:
         single = self.measure(stage, size, rows, job(module, *flags, f"--output_dir={output_dir}"))
         if reference:
             name, arguments = reference
-            tool = [sys.executable, __file__, f"--reference={stage}", *arguments]
-            self._compare(single, self.measure(f"{stage} reference", size, rows, tool), name)
+            self._compare(single, self.reference(stage, size, rows, name, *arguments), name)
         parallel_dir = output_dir.with_name(output_dir.name + "_mp")
         multi = self.measure(
             f"{stage} 2 workers",
@@ -233,6 +387,48 @@ class Benchmark:
         assert manifest_counts(parallel_dir) == counts, f"{stage}: 2 workers changed the counts"
         self._compare(multi, single, "1 worker")
         return single
+
+    def reference(
+        self, stage: str, size: str, rows: int, name: str, *arguments: str
+    ) -> Measurement:
+        tool = [sys.executable, __file__, f"--reference={stage}", *arguments]
+        return self.measure(f"{stage} reference", size, rows, tool)
+
+    def train(self, label: str, transform_dir: pathlib.Path, root: pathlib.Path) -> pathlib.Path:
+        """Our `model.train` beside the plain Keras script: one epoch, the same steps and batch.
+
+        Rows are global steps, so rows/s is steps per second (of the whole process).
+        """
+        counts = manifest_counts(transform_dir)
+        steps = min(TRAIN_STEPS, max(1, counts["examples_transformed"]["train"] // BATCH_SIZE))
+        ours = self.measure(
+            "train",
+            label,
+            steps,
+            [
+                sys.executable,
+                "-m",
+                "model.train",
+                f"--transform_dir={transform_dir}",
+                f"--output_dir={root / 'train'}",
+                f"--train_steps={steps}",
+                f"--eval_steps={EVAL_STEPS}",
+                f"--batch_size={BATCH_SIZE}",
+            ],
+        )
+        name = "model.fit on tf.data"
+        reference = self.reference(
+            "train",
+            label,
+            steps,
+            name,
+            str(transform_dir),
+            str(root / "ref_train"),
+            str(steps),
+            str(EVAL_STEPS),
+        )
+        self._compare(ours, reference, name)
+        return _newest_export(root / "train")
 
     def run_size(self, label: str, csv_path: pathlib.Path, rows: int) -> None:
         root = self.workdir / label
@@ -268,25 +464,48 @@ class Benchmark:
                 "--preprocessing_fn=model.preprocessing:preprocessing_fn",
             ],
             transform_dir,
+            (
+                "tft_beam.AnalyzeAndTransformDataset",
+                [str(ingest_dir), str(SCHEMA), str(root / "ref_transform")],
+            ),
         )
         assert sum(manifest_counts(transform_dir)["examples_transformed"].values()) == rows
+        # Training on the 100-row input would be one-step epochs; start-up evaluates 1x's model.
+        model_dir = self.model_dir
+        if "train" in self.stages and label != "start":
+            model_dir = self.train(label, transform_dir, root)
         if "evaluate" not in self.stages:
             return
-        if self.model_dir is None:
-            self.model_dir = self._train(transform_dir, root / "train")
-        self.measure(
+        if model_dir is None:
+            model_dir = self._train(transform_dir, root / "train")
+        self.model_dir = self.model_dir or model_dir
+        eval_rows = counts["rows_written"]["eval"]
+        eval_config = REPO_ROOT / "model" / "eval_config.pbtxt"
+        ours = self.measure(
             "evaluate",
             label,
-            counts["rows_written"]["eval"],
+            eval_rows,
             job(
                 "beam_jobs.evaluate",
-                f"--model_dir={self.model_dir}",
+                f"--model_dir={model_dir}",
                 f"--examples_dir={ingest_dir}",
-                f"--eval_config={REPO_ROOT / 'model' / 'eval_config.pbtxt'}",
+                f"--eval_config={eval_config}",
                 f"--output_dir={root / 'evaluate'}",
             ),
             ok_codes=(0, 4),  # blessed or not, the evaluation ran in full
         )
+        name = "tfma.run_model_analysis"
+        reference = self.reference(
+            "evaluate",
+            label,
+            eval_rows,
+            name,
+            str(model_dir),
+            str(ingest_dir),
+            str(eval_config),
+            str(root / "ref_evaluate"),
+        )
+        self._compare(ours, reference, name)
 
     def _train(self, transform_dir: pathlib.Path, output_dir: pathlib.Path) -> pathlib.Path:
         print("  (training the model that evaluate scores; not timed)", flush=True)
@@ -304,7 +523,11 @@ class Benchmark:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        return max((output_dir / "serving_model").iterdir(), key=lambda path: int(path.name))
+        return _newest_export(output_dir)
+
+
+def _newest_export(train_dir: pathlib.Path) -> pathlib.Path:
+    return max((train_dir / "serving_model").iterdir(), key=lambda path: int(path.name))
 
 
 def scaling_report(results: list[Measurement]) -> list[dict]:
@@ -368,23 +591,22 @@ def main() -> None:
     parser.add_argument(
         "--stages",
         default=",".join(STAGES),
-        help="Stages to measure; ingest always runs, evaluate needs transform.",
+        help="Stages to measure; ingest always runs, train and evaluate need transform.",
     )
     parser.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path("/tmp/beam-benchmark"))
-    parser.add_argument("--reference", choices=["ingest", "statistics"], help=argparse.SUPPRESS)
+    parser.add_argument("--reference", choices=sorted(REFERENCES), help=argparse.SUPPRESS)
     parser.add_argument("paths", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.reference:
-        {"ingest": reference_ingest, "statistics": reference_statistics}[args.reference](
-            *args.paths
-        )
+        sys.path.insert(0, str(REPO_ROOT))  # the user's code (model/) of this checkout
+        REFERENCES[args.reference](*args.paths)
         return
     if not args.source.exists():
         raise SystemExit(f"benchmark: no source data at {args.source} (pass --source=<CFPB csv>)")
     sizes = [int(size) for size in args.sizes.split(",")]
     stages = ("ingest", *(stage for stage in STAGES[1:] if stage in args.stages.split(",")))
-    if "evaluate" in stages and "transform" not in stages:
-        raise SystemExit("benchmark: --stages with evaluate needs transform (it trains the model)")
+    if {"train", "evaluate"} & set(stages) and "transform" not in stages:
+        raise SystemExit("benchmark: --stages with train or evaluate needs transform")
     benchmark = Benchmark(args.workdir, args.source, stages)
     started = time.perf_counter()
     tiny = args.workdir / "data" / "start.csv"
