@@ -42,6 +42,7 @@ S3_PACKAGES = [
 
 DEV_PACKAGES = [
     *S3_PACKAGES,  # so CI runs the s3:// paths
+    "moto[server]==5.2.5",  # S3 server on 127.0.0.1 for the object-store tests
     "psutil>=5.9",  # peak memory of process trees in scripts/benchmark.py
     "pytest>=8",
     "ruff>=0.6",
