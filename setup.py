@@ -34,6 +34,9 @@ REQUIRED_PACKAGES = [
 ]
 
 DEV_PACKAGES = [
+    # S3 emulator of tests/test_object_stores.py (`python -m moto.server`); 5.2.5 adds packages
+    # only, it moves none of the pins above (checked with pip's resolver).
+    "moto[server]==5.2.5",
     "psutil>=5.9",  # peak memory of process trees in scripts/benchmark.py
     "pytest>=8",
     "ruff>=0.6",
