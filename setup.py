@@ -42,7 +42,9 @@ S3_PACKAGES = [
 
 DEV_PACKAGES = [
     *S3_PACKAGES,  # so CI runs the s3:// paths
-    "moto[server]==5.2.5",  # S3 server on 127.0.0.1 for the object-store tests
+    # S3 emulator of tests/test_object_stores.py (`python -m moto.server`); 5.2.5 adds packages
+    # only, it moves none of the pins above (checked with pip's resolver).
+    "moto[server]==5.2.5",
     "psutil>=5.9",  # peak memory of process trees in scripts/benchmark.py
     "pytest>=8",
     "ruff>=0.6",

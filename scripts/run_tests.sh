@@ -12,6 +12,11 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 
+# The GCS emulator of the object-store tests, built once from the Go module proxy where `go` exists.
+if command -v go >/dev/null 2>&1 || [ -x /usr/local/go/bin/go ]; then
+  scripts/fake_gcs_server.sh build >/dev/null
+fi
+
 ruff check .
 ruff format --check .
 # The Google client libraries that the pinned stack imports warn about Python versions on import.
