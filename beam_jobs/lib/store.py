@@ -17,15 +17,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs.lib import artifacts, cli
 
-__all__ = ["main", "newest_version"]
-
-
-def newest_version(directory: str) -> str | None:
-    """The largest integer-named entry directly below `directory` (a model export), or None."""
-    prefix = directory.rstrip("/") + "/"
-    names = {m.path[len(prefix) :].split("/", 1)[0] for m in artifacts.list_files(prefix + "**")}
-    versions = sorted(int(name) for name in names if name.isdigit())
-    return str(versions[-1]) if versions else None
+__all__ = ["main"]
 
 
 @cli.job_command(__doc__.split("\n\n")[0])
@@ -34,7 +26,7 @@ def newest_version(directory: str) -> str | None:
     type=click.Choice(["write", "clear", "newest_version"]),
     required=True,
     help="write: stdin into --path; clear: delete files matching --path; newest_version: print "
-    "the largest numbered entry of --path.",
+    "the newest model version (with saved_model.pb) under --path.",
 )
 @click.option("--path", required=True, help="A file, a pattern or a directory, by action.")
 def main(action: str, path: str) -> None:
@@ -45,10 +37,11 @@ def main(action: str, path: str) -> None:
         if files:
             FileSystems.delete(files)
     else:
-        version = newest_version(path)
-        if version is None:
+        # The same versions push and infer see: integer-named, with their saved_model.pb.
+        versions = artifacts.serving_versions(path)
+        if not versions:
             raise cli.JobError(f"{path} holds no numbered version")
-        click.echo(version)
+        click.echo(versions[-1])
 
 
 if __name__ == "__main__":
