@@ -1,15 +1,19 @@
-"""Benchmarks every Beam stage against the tool a user would otherwise use, in the same run.
+"""Benchmarks every stage against the script a user would write with the same library, in one run.
 
-    python scripts/benchmark.py [--sizes=1,10] [--stages=ingest,statistics,transform,evaluate]
+    python scripts/benchmark.py [--sizes=1,10] [--stages=ingest,statistics,transform,train,evaluate]
         [--source=../shared/data/...csv] [--workdir=DIR]
 
 Builds inputs of N x the 2015 CFPB extract (rows replicated with distinct ids, so hash splits stay
-balanced), then for each size runs ingest, statistics, transform and evaluate on DirectRunner as
-separate processes, recording wall time, rows per second and the peak resident memory of the whole
-process tree. In the same run: ingest against a single-process pyarrow + tfx_bsl converter,
-statistics against `tfdv.generate_statistics_from_csv`, and one worker against two in
-multi-processing mode (whose counts must still add up). A tiny input measures the fixed start-up
-cost. Machines are noisy: only ratios from one run mean anything. Prints a table, writes JSON.
+balanced), then for each size runs ingest, statistics, transform, train and evaluate as separate
+processes (the Beam stages on DirectRunner), recording wall time, rows per second and the peak
+resident memory of the whole process tree. In the same run, each beside its plain-library
+reference: ingest against a single-process pyarrow + tfx_bsl converter, statistics against
+`tfdv.generate_statistics_from_csv`, transform against `tft_beam.AnalyzeAndTransformDataset`,
+train against `model.fit` on a plain tf.data pipeline (same steps and batch), evaluate against
+`tfma.run_model_analysis`; and one worker against two in multi-processing mode for ingest,
+statistics and transform (whose counts must still add up). A tiny input measures the fixed
+start-up cost. Machines are noisy: only ratios from one run mean anything. Prints a table, writes
+JSON.
 """
 
 from __future__ import annotations
