@@ -215,20 +215,42 @@ class _StepControl(tf.keras.callbacks.Callback):
         super().__init__()
         self.train_steps = train_steps
         self.initial_step = 0
-
-    def _step(self) -> int:
-        return int(self.model.optimizer.iterations.numpy())
+        self._step = 0
+        # Steps are counted in Python, so the batch logs may stay tensors: Keras then need not
+        # wait for each step to finish to copy them to the host.
+        self._supports_tf_logs = True
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        self.initial_step = self._step()
+        # BackupAndRestore, the callback before this one, has restored the step count by now.
+        self.initial_step = int(self.model.optimizer.iterations.numpy())
+        self._step = self.initial_step
         if self.initial_step:
             logging.info("train: resumed from checkpoint at step %d", self.initial_step)
         if self.initial_step >= self.train_steps:
             self.model.stop_training = True
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        if self._step() >= self.train_steps:
+        # One batch is one optimizer step (Keras' default steps_per_execution of 1).
+        self._step += 1
+        if self._step >= self.train_steps:
             self.model.stop_training = True
+
+
+class _BackupAndRestore(tf.keras.callbacks.BackupAndRestore):
+    """Keras' BackupAndRestore, recording the batch in its state only before a backup.
+
+    Keras assigns the batch to a variable before every batch: under MirroredStrategy an eager
+    assignment costs about as much as a small model's training step. The backup holds the same
+    value either way. (`_batches_count` and `_training_state` are tf-keras 2.16's.)
+    """
+
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        pass
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._batches_count + 1 >= self.save_freq:
+            self._training_state._ckpt_saved_batch.assign(batch)
+        super().on_train_batch_end(batch, logs)
 
 
 def _callbacks(
@@ -236,7 +258,7 @@ def _callbacks(
 ) -> list[tf.keras.callbacks.Callback]:
     """Checkpoints (restored first), step control, TensorBoard, and early stopping if asked."""
     callbacks = [
-        tf.keras.callbacks.BackupAndRestore(
+        _BackupAndRestore(
             FileSystems.join(config.output_dir, CHECKPOINTS_DIR),
             save_freq=config.checkpoint_steps,
             delete_checkpoint=False,
