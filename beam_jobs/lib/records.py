@@ -857,20 +857,17 @@ def _typed_column(column: str, texts: pa.Array, kind: ColumnType) -> tuple[pa.Ar
 def _encode_text_columns(
     columns: Mapping[str, pa.Array], num_rows: int, column_types: Mapping[str, ColumnType]
 ) -> list[tuple[bytes | None, str | None]]:
-    typed: dict[str, pa.Array] = {}
-    kinds: dict[str, ColumnType] = {}
+    typed: dict[str, tuple[pa.Array, int]] = {}
     errors: dict[int, str] = {}
     for name in sorted(columns):
         kind = column_types.get(name) or text_column_type(columns[name])
         if kind is None:
             continue  # No value in this batch.
-        kinds[name] = kind
-        typed[name], column_errors = _typed_column(name, columns[name], kind)
+        values, column_errors = _typed_column(name, columns[name], kind)
+        typed[name] = (values, _LIST_FIELDS[kind])
         for index, error in column_errors.items():
             errors.setdefault(index, error)  # The first column in name order names the problem.
-    serialized = example_wire.serialize_examples(
-        {name: (values, _LIST_FIELDS[kinds[name]]) for name, values in typed.items()}, num_rows
-    )
+    serialized = example_wire.serialize_examples(typed, num_rows)
     results: list[tuple[bytes | None, str | None]] = [(row, None) for row in serialized]
     for index, error in errors.items():
         results[index] = (None, error)
