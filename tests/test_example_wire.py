@@ -71,3 +71,18 @@ def test_rows_with_no_value_are_empty_examples():
     got = example_wire.serialize_examples(columns, 3)
     assert got == [b"", _expected(columns, 3)[1], b""]
     assert example_wire.serialize_examples({}, 2) == [b"", b""]
+
+
+def test_arrays_sliced_out_of_larger_ones_give_the_same_examples():
+    rng = np.random.default_rng(11)
+    whole = {
+        "n": (pa.array(_with_nulls(list(range(-50, 50)), rng, 0.2), pa.int64()), 3),
+        "s": (pa.array(_with_nulls([f"v{i}" * i for i in range(100)], rng, 0.2)), 1),
+    }
+    sliced = {name: (values.slice(30, 40), field) for name, (values, field) in whole.items()}
+    rebuilt = {
+        name: (pa.array(values.to_pylist(), values.type), field)
+        for name, (values, field) in sliced.items()
+    }
+    assert example_wire.serialize_examples(sliced, 40) == _expected(rebuilt, 40)
+    assert example_wire.serialize_examples(sliced, 0) == []
