@@ -398,8 +398,9 @@ class _TypeRows(beam.DoFn):
             columns[name], counts = privacy.scrub_column(columns[name], scrub[name])
             scrubbed.append(counts)
         encoded = records.encode_text_columns(columns, batch.num_rows, column_types)
+        lines = batch.lines.tolist()  # Python ints once, not a numpy scalar per row.
         for index, (serialized, error) in enumerate(encoded):
-            sort_key = (file_index, int(batch.lines[index]))
+            sort_key = (file_index, lines[index])
             if error is not None:
                 yield self._reject(batch.raw_row(index), sort_key, error)
                 continue
