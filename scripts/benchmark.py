@@ -1,7 +1,7 @@
 """Benchmarks every stage against the script a user would write with the same library, in one run.
 
     python scripts/benchmark.py [--sizes=1,10] [--stages=ingest,statistics,transform,train,evaluate]
-        [--source=../shared/data/...csv] [--workdir=DIR]
+        [--repeats=1] [--source=../shared/data/...csv] [--workdir=DIR]
 
 Builds inputs of N x the 2015 CFPB extract (rows replicated with distinct ids, so hash splits stay
 balanced), then for each size runs ingest, statistics, transform, train and evaluate as separate
@@ -12,8 +12,10 @@ reference: ingest against a single-process pyarrow + tfx_bsl converter, statisti
 train against `model.fit` on a plain tf.data pipeline (same steps and batch), evaluate against
 `tfma.run_model_analysis`; and one worker against two in multi-processing mode for ingest,
 statistics and transform (whose counts must still add up). A tiny input measures the fixed
-start-up cost. Machines are noisy: only ratios from one run mean anything. Prints a table, writes
-JSON.
+start-up cost. Machines are noisy: only ratios from one run mean anything, and with
+`--repeats=N` each stage and its reference run alternately N times (ours, reference, ours, ...),
+so a drift in machine speed falls on both; the seconds reported are each side's median and the
+ratio theirs. Prints a table, writes JSON.
 """
 
 from __future__ import annotations
@@ -24,10 +26,13 @@ import csv
 import dataclasses
 import json
 import pathlib
+import shutil
+import statistics
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import psutil
 
@@ -59,6 +64,8 @@ class Measurement:
     peak_mb: float
     reference: str | None = None
     ratio: float | None = None
+    # Every run's seconds when the stage was repeated (`seconds` is their median).
+    runs: list[float] = dataclasses.field(default_factory=list)
 
     @property
     def rows_per_second(self) -> float:
@@ -130,6 +137,11 @@ def timed(command: list[str], ok_codes: tuple[int, ...] = (0,)) -> tuple[float, 
 
 def job(module: str, *flags: str) -> list[str]:
     return [sys.executable, "-m", module, *flags, "--runner=DirectRunner"]
+
+
+def reference_command(stage: str, arguments: list[str]) -> list[str]:
+    """This script run as the plain-library reference of a stage."""
+    return [sys.executable, __file__, f"--reference={stage}", *arguments]
 
 
 def manifest_counts(stage_dir: pathlib.Path) -> dict:
@@ -338,29 +350,78 @@ class Benchmark:
     """Runs every stage for every size in one process tree, collecting measurements."""
 
     def __init__(
-        self, workdir: pathlib.Path, source: pathlib.Path, stages: tuple[str, ...] = STAGES
+        self,
+        workdir: pathlib.Path,
+        source: pathlib.Path,
+        stages: tuple[str, ...] = STAGES,
+        repeats: int = 1,
     ) -> None:
         self.workdir = workdir
         self.source = source
         self.stages = stages
+        self.repeats = repeats
         self.results: list[Measurement] = []
         self.model_dir: pathlib.Path | None = None
 
     def measure(
-        self, stage: str, size: str, rows: int, command: list[str], ok_codes=(0,), **extra
+        self, stage: str, size: str, rows: int, command: list[str], ok_codes=(0,)
     ) -> Measurement:
         seconds, peak_mb = timed(command, ok_codes)
-        result = Measurement(stage, size, rows, seconds, peak_mb, **extra)
+        return self._record(stage, size, rows, [seconds], peak_mb)
+
+    def _record(
+        self, stage: str, size: str, rows: int, runs: list[float], peak_mb: float
+    ) -> Measurement:
+        result = Measurement(stage, size, rows, statistics.median(runs), peak_mb)
+        if len(runs) > 1:
+            result.runs = runs
         self.results.append(result)
+        each = f" (runs: {', '.join(f'{run:.1f}' for run in runs)})" if len(runs) > 1 else ""
         print(
-            f"  {stage:<22} {size:>5} {seconds:8.1f} s {result.rows_per_second:10.0f} rows/s "
-            f"{peak_mb:8.0f} MB",
+            f"  {stage:<22} {size:>5} {result.seconds:8.1f} s {result.rows_per_second:10.0f} "
+            f"rows/s {peak_mb:8.0f} MB{each}",
             flush=True,
         )
         return result
 
     def _compare(self, result: Measurement, reference: Measurement, name: str) -> None:
         result.reference, result.ratio = name, result.seconds / reference.seconds
+
+    def compared(
+        self,
+        stage: str,
+        size: str,
+        rows: int,
+        ours: Callable[[pathlib.Path], list[str]],
+        name: str,
+        reference: Callable[[pathlib.Path], list[str]],
+        root: pathlib.Path,
+        ok_codes=(0,),
+    ) -> Measurement:
+        """Our command and the reference's, alternated `repeats` times; each side's median.
+
+        `ours` and `reference` build a command writing under the folder given: `root` the first
+        time (its outputs are what later stages read), a scratch folder under it after that,
+        deleted once measured (the benchmark's own files).
+        """
+        times: dict[str, list[float]] = {"ours": [], "reference": []}
+        peaks = {"ours": 0.0, "reference": 0.0}
+        for attempt in range(self.repeats):
+            base = root if attempt == 0 else root / f"repeat{attempt}"
+            base.mkdir(parents=True, exist_ok=True)
+            commands = {"ours": ours(base), "reference": reference_command(stage, reference(base))}
+            for side, command in commands.items():
+                seconds, peak_mb = timed(command, ok_codes if side == "ours" else (0,))
+                times[side].append(seconds)
+                peaks[side] = max(peaks[side], peak_mb)
+            if attempt:
+                shutil.rmtree(base)
+        result = self._record(stage, size, rows, times["ours"], peaks["ours"])
+        baseline = self._record(
+            f"{stage} reference", size, rows, times["reference"], peaks["reference"]
+        )
+        self._compare(result, baseline, name)
+        return result
 
     def stage(
         self,
@@ -369,17 +430,24 @@ class Benchmark:
         rows: int,
         flags: list[str],
         output_dir: pathlib.Path,
-        reference: tuple[str, list[str]] | None = None,
+        reference: tuple[str, Callable[[pathlib.Path], list[str]]],
     ) -> Measurement:
-        """A Beam stage on one worker, beside its reference tool if any, then on two workers.
+        """A Beam stage on one worker beside its reference tool, then on two workers.
 
-        Returns the one-worker measurement; the two workers' run must write the same counts.
+        `reference` is the tool's name and its arguments for an output folder. Returns the
+        one-worker measurement; the two workers' run must write the same counts.
         """
         module = f"beam_jobs.{stage}"
-        single = self.measure(stage, size, rows, job(module, *flags, f"--output_dir={output_dir}"))
-        if reference:
-            name, arguments = reference
-            self._compare(single, self.reference(stage, size, rows, name, *arguments), name)
+        name, arguments = reference
+        single = self.compared(
+            stage,
+            size,
+            rows,
+            lambda base: job(module, *flags, f"--output_dir={base / output_dir.name}"),
+            name,
+            arguments,
+            output_dir.parent,
+        )
         parallel_dir = output_dir.with_name(output_dir.name + "_mp")
         multi = self.measure(
             f"{stage} 2 workers",
@@ -392,12 +460,6 @@ class Benchmark:
         self._compare(multi, single, "1 worker")
         return single
 
-    def reference(
-        self, stage: str, size: str, rows: int, name: str, *arguments: str
-    ) -> Measurement:
-        tool = [sys.executable, __file__, f"--reference={stage}", *arguments]
-        return self.measure(f"{stage} reference", size, rows, tool)
-
     def train(self, label: str, transform_dir: pathlib.Path, root: pathlib.Path) -> pathlib.Path:
         """Our `model.train` beside the plain Keras script: one epoch, the same steps and batch.
 
@@ -405,33 +467,24 @@ class Benchmark:
         """
         counts = manifest_counts(transform_dir)
         steps = min(TRAIN_STEPS, max(1, counts["examples_transformed"]["train"] // BATCH_SIZE))
-        ours = self.measure(
+        self.compared(
             "train",
             label,
             steps,
-            [
+            lambda base: [
                 sys.executable,
                 "-m",
                 "model.train",
                 f"--transform_dir={transform_dir}",
-                f"--output_dir={root / 'train'}",
+                f"--output_dir={base / 'train'}",
                 f"--train_steps={steps}",
                 f"--eval_steps={EVAL_STEPS}",
                 f"--batch_size={BATCH_SIZE}",
             ],
+            "model.fit on tf.data",
+            lambda base: [str(transform_dir), str(base / "ref_train"), str(steps), str(EVAL_STEPS)],
+            root,
         )
-        name = "model.fit on tf.data"
-        reference = self.reference(
-            "train",
-            label,
-            steps,
-            name,
-            str(transform_dir),
-            str(root / "ref_train"),
-            str(steps),
-            str(EVAL_STEPS),
-        )
-        self._compare(ours, reference, name)
         return _newest_export(root / "train")
 
     def run_size(self, label: str, csv_path: pathlib.Path, rows: int) -> None:
@@ -443,7 +496,10 @@ class Benchmark:
             rows,
             [f"--input={csv_path}", f"--schema={SCHEMA}"],
             ingest_dir,
-            ("pyarrow+tfx_bsl converter", [str(csv_path), str(root / "ref.tfrecord.gz")]),
+            (
+                "pyarrow+tfx_bsl converter",
+                lambda base: [str(csv_path), str(base / "ref.tfrecord.gz")],
+            ),
         )
         counts = manifest_counts(ingest_dir)
         assert counts["rows_read"] == rows == sum(counts["rows_written"].values()), counts
@@ -454,7 +510,10 @@ class Benchmark:
                 rows,
                 [f"--examples_dir={ingest_dir}"],
                 root / "statistics",
-                ("tfdv.generate_statistics_from_csv", [str(csv_path), str(root / "ref.stats")]),
+                (
+                    "tfdv.generate_statistics_from_csv",
+                    lambda base: [str(csv_path), str(base / "ref.stats")],
+                ),
             )
         if "transform" not in self.stages:
             return
@@ -470,7 +529,7 @@ class Benchmark:
             transform_dir,
             (
                 "tft_beam.AnalyzeAndTransformDataset",
-                [str(ingest_dir), str(SCHEMA), str(root / "ref_transform")],
+                lambda base: [str(ingest_dir), str(SCHEMA), str(base / "ref_transform")],
             ),
         )
         assert sum(manifest_counts(transform_dir)["examples_transformed"].values()) == rows
@@ -485,31 +544,27 @@ class Benchmark:
         self.model_dir = self.model_dir or model_dir
         eval_rows = counts["rows_written"]["eval"]
         eval_config = REPO_ROOT / "model" / "eval_config.pbtxt"
-        ours = self.measure(
+        self.compared(
             "evaluate",
             label,
             eval_rows,
-            job(
+            lambda base: job(
                 "beam_jobs.evaluate",
                 f"--model_dir={model_dir}",
                 f"--examples_dir={ingest_dir}",
                 f"--eval_config={eval_config}",
-                f"--output_dir={root / 'evaluate'}",
+                f"--output_dir={base / 'evaluate'}",
             ),
+            "tfma.run_model_analysis",
+            lambda base: [
+                str(model_dir),
+                str(ingest_dir),
+                str(eval_config),
+                str(base / "ref_evaluate"),
+            ],
+            root,
             ok_codes=(0, 4),  # blessed or not, the evaluation ran in full
         )
-        name = "tfma.run_model_analysis"
-        reference = self.reference(
-            "evaluate",
-            label,
-            eval_rows,
-            name,
-            str(model_dir),
-            str(ingest_dir),
-            str(eval_config),
-            str(root / "ref_evaluate"),
-        )
-        self._compare(ours, reference, name)
 
     def _train(self, transform_dir: pathlib.Path, output_dir: pathlib.Path) -> pathlib.Path:
         print("  (training the model that evaluate scores; not timed)", flush=True)
@@ -597,6 +652,12 @@ def main() -> None:
         default=",".join(STAGES),
         help="Stages to measure; ingest always runs, train and evaluate need transform.",
     )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="Runs of each stage and of its reference, alternated; medians are compared.",
+    )
     parser.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path("/tmp/beam-benchmark"))
     parser.add_argument("--reference", choices=sorted(REFERENCES), help=argparse.SUPPRESS)
     parser.add_argument("paths", nargs="*", help=argparse.SUPPRESS)
@@ -611,7 +672,9 @@ def main() -> None:
     stages = ("ingest", *(stage for stage in STAGES[1:] if stage in args.stages.split(",")))
     if {"train", "evaluate"} & set(stages) and "transform" not in stages:
         raise SystemExit("benchmark: --stages with train or evaluate needs transform")
-    benchmark = Benchmark(args.workdir, args.source, stages)
+    if args.repeats < 1:
+        raise SystemExit("benchmark: --repeats must be at least 1")
+    benchmark = Benchmark(args.workdir, args.source, stages, args.repeats)
     started = time.perf_counter()
     tiny = args.workdir / "data" / "start.csv"
     plan = [("start", tiny, replicate_csv(args.source, tiny, 1, rows=STARTUP_ROWS))]
